@@ -1,0 +1,1 @@
+"""QGIS Processing glue (kept thin: the work happens in ``qgis_cloudmask.core``)."""
