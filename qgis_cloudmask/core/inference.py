@@ -117,8 +117,8 @@ def classify_raster(
     ys, xs = plan.row_starts, plan.col_starts
     padded_w = max(width, t)
     weights = tiling.tile_weights(t, plan.overlap)
-    acc_p = np.zeros((t, padded_w), dtype=np.float32)
-    acc_w = np.zeros((t, padded_w), dtype=np.float32)
+    acc_p = np.zeros((t, padded_w), dtype=np.float64)  # float64: many tiles may overlap
+    acc_w = np.zeros((t, padded_w), dtype=np.float64)
     cache = _RowCache(read_rows)
     stats = CloudStats()
     done, total = 0, plan.n_tiles

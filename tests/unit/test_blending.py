@@ -1,0 +1,145 @@
+"""The mosaic property: with a model whose output depends only on each pixel's own values,
+the blended mosaic equals that function everywhere, for any overlap, batch size and raster
+size (no seams, no off-by-one, no edge artefacts)."""
+
+import numpy as np
+import pytest
+
+from qgis_cloudmask.core import inference
+from qgis_cloudmask.core.stats import NODATA
+
+
+def pixel_function(tiles: np.ndarray) -> np.ndarray:
+    """A per-pixel 'model' that uses every channel, so a shifted or flipped tile would show."""
+    return 1.0 / (1.0 + np.exp(-(3 * tiles[:, 0] - 2 * tiles[:, 1] + tiles[:, 2] * tiles[:, 3])))
+
+
+def reference(refl: np.ndarray) -> np.ndarray:
+    return pixel_function(refl[None])[0].astype(np.float32)
+
+
+def random_scene(h, w, seed):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.01, 1.2, size=(4, h, w)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("h", "w"),
+    [(1, 1), (7, 300), (224, 224), (225, 223), (500, 470), (448, 672), (1000, 230)],
+)
+@pytest.mark.parametrize(("overlap", "batch"), [(0, 1), (32, 3), (111, 8), (200, 5)])
+def test_mosaic_equals_the_pixel_function(h, w, overlap, batch):
+    refl = random_scene(h, w, seed=h * 7 + w)
+    calls = []
+
+    def predict(tiles):
+        calls.append(len(tiles))
+        assert tiles.shape[1:] == (4, 224, 224)  # never resized
+        return pixel_function(tiles)
+
+    prob, mask, stats = inference.classify_array(predict, refl, 224, overlap, 0.5, batch)
+    expected = reference(refl)
+    np.testing.assert_allclose(prob, expected, atol=2e-6)
+    decided = np.abs(expected - 0.5) > 1e-5
+    np.testing.assert_array_equal(mask[decided], (expected >= 0.5)[decided])
+    assert max(calls) <= batch
+    plan = inference.TilingPlan(h, w, 224, overlap)
+    assert sum(calls) == plan.n_tiles
+    assert stats.cloud_pixels == int((mask == 1).sum()) and stats.nodata_pixels == 0
+
+
+def test_nodata_pixels_are_255_and_do_not_influence_their_neighbours():
+    refl = random_scene(300, 260, seed=1)
+    valid = np.ones((300, 260), bool)
+    valid[50:120, 30:90] = False
+    valid[:, -3:] = False
+    seen_values = []
+
+    def predict(tiles):
+        seen_values.append(tiles.copy())
+        return pixel_function(tiles)
+
+    prob, mask, stats = inference.classify_array(predict, refl, 224, 32, 0.5, 4, valid=valid)
+    assert (mask[~valid] == NODATA).all()
+    assert (prob[~valid] == inference.PROBABILITY_NODATA).all()
+    np.testing.assert_allclose(prob[valid], reference(refl)[valid], atol=2e-6)
+    assert stats.nodata_pixels == int((~valid).sum())
+    assert stats.valid_pixels == int(valid.sum())
+
+
+def test_tiles_without_valid_pixels_are_not_run():
+    refl = random_scene(224, 224 * 3, seed=2)
+    valid = np.zeros(refl.shape[1:], bool)
+    valid[:, 500:] = True  # only the last tile holds valid pixels
+    calls = []
+
+    def predict(tiles):
+        calls.append(len(tiles))
+        return pixel_function(tiles)
+
+    inference.classify_array(predict, refl, 224, 0, 0.5, 8, valid=valid)
+    assert sum(calls) == 1
+
+
+def test_rows_are_written_once_top_to_bottom_and_read_in_strips():
+    h, w = 700, 300
+    refl = random_scene(h, w, seed=3)
+    valid = np.ones((h, w), bool)
+    reads, writes = [], []
+
+    def read_rows(y0, y1):
+        reads.append((y0, y1))
+        return refl[:, y0:y1], valid[y0:y1]
+
+    def write_rows(y0, p, m):
+        writes.append((y0, len(p)))
+
+    plan = inference.TilingPlan(h, w, 224, 32)
+    inference.classify_raster(pixel_function, plan, 0.5, 4, read_rows, write_rows)
+    assert [y for y, _ in writes] == sorted(y for y, _ in writes)
+    assert sum(n for _, n in writes) == h and writes[0][0] == 0
+    assert max(y1 - y0 for y0, y1 in reads) <= 224  # never the whole raster at once
+    assert sum(y1 - y0 for y0, y1 in reads) == h  # overlapping rows are not read twice
+
+
+def test_cancel_stops_between_batches():
+    refl = random_scene(500, 500, seed=4)
+    calls = []
+
+    def predict(tiles):
+        calls.append(1)
+        return pixel_function(tiles)
+
+    plan = inference.TilingPlan(500, 500, 224, 32)
+    with pytest.raises(inference.Cancelled):
+        inference.classify_raster(
+            predict, plan, 0.5, 1,
+            lambda a, b: (refl[:, a:b], np.ones((b - a, 500), bool)),
+            lambda *a: None,
+            is_canceled=lambda: len(calls) >= 2,
+        )
+    assert len(calls) == 2
+
+
+def test_progress_rises_to_one():
+    refl = random_scene(450, 450, seed=5)
+    seen = []
+    plan = inference.TilingPlan(450, 450, 224, 32)
+    inference.classify_raster(
+        pixel_function, plan, 0.5, 2,
+        lambda a, b: (refl[:, a:b], np.ones((b - a, 450), bool)),
+        lambda *a: None,
+        progress=seen.append,
+    )
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 1
+
+
+def test_batch_size_below_one_is_rejected():
+    with pytest.raises(ValueError, match="batch"):
+        inference.classify_array(pixel_function, random_scene(10, 10, 0), 224, 0, 0.5, 0)
+
+
+def test_largest_overlap_still_blends_exactly():
+    refl = random_scene(226, 229, seed=6)  # overlap 223 = stride 1: up to 12 tiles per pixel
+    prob, _, _ = inference.classify_array(pixel_function, refl, 224, 223, 0.5, 16)
+    np.testing.assert_allclose(prob, reference(refl), atol=2e-6)

@@ -1,0 +1,17 @@
+"""The core must import neither qgis nor osgeo (reusable and testable anywhere)."""
+
+import subprocess
+import sys
+
+CORE = ["contract", "model", "tiling", "radiometry", "stats", "inference"]
+
+
+def test_core_modules_import_neither_qgis_nor_osgeo():
+    code = (
+        "import sys\n"
+        + "".join(f"import qgis_cloudmask.core.{m}\n" for m in CORE)
+        + "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qgis', 'osgeo', 'torch'))\n"
+        + "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
