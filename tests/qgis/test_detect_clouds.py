@@ -1,0 +1,177 @@
+"""``cloudmask:detectclouds`` through ``processing.run`` on real GeoTIFFs written by GDAL."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.core import QgsProcessingFeedback
+
+from tests.support import synthetic
+
+gdal.UseExceptions()
+
+
+def expected_probability(dn_blue, offset=0.0):
+    return synthetic.sigmoid_probability((dn_blue.astype(np.float64) + offset) / 10000, 40, 0.2)
+
+
+def read(path):
+    ds = gdal.Open(str(path))
+    return ds, ds.GetRasterBand(1).ReadAsArray()
+
+
+def assert_matches(mask, prob, dn_blue, valid=None):
+    exp = expected_probability(dn_blue)
+    valid = np.ones(exp.shape, bool) if valid is None else valid
+    decided = valid & (np.abs(exp - 0.5) > 1e-5)
+    np.testing.assert_array_equal(mask[decided], (exp >= 0.5)[decided].astype(np.uint8))
+    assert (mask[~valid] == 255).all()
+    if prob is not None:
+        np.testing.assert_allclose(prob[valid], exp[valid], atol=1e-5)
+        assert (prob[~valid] == -1).all()
+
+
+def test_mask_is_georeferenced_like_the_input_and_styled(run_alg, scene, tmp_path):
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene, epsg=32633)
+    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif")})
+    ds_in = gdal.Open(src)
+    ds, mask = read(res["OUTPUT"])
+    assert (ds.RasterXSize, ds.RasterYSize, ds.RasterCount) == (350, 300, 1)
+    assert ds.GetGeoTransform() == ds_in.GetGeoTransform()
+    assert ds.GetSpatialRef().IsSame(ds_in.GetSpatialRef())
+    band = ds.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
+    assert band.GetRasterColorTable().GetColorEntry(1)[3] == 255  # clouds visible when loaded
+    assert set(np.unique(mask)) <= {0, 1}
+    assert_matches(mask, None, scene[0])
+
+
+def test_outputs_probability_stats_json_and_numbers_agree_with_a_recount(run_alg, scene, tmp_path):
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    res = run_alg(
+        {
+            "INPUT": src,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_PROBABILITY": str(tmp_path / "prob.tif"),
+            "OUTPUT_STATS": str(tmp_path / "stats.json"),
+        }
+    )
+    _, mask = read(res["OUTPUT"])
+    _, prob = read(res["OUTPUT_PROBABILITY"])
+    assert_matches(mask, prob, scene[0])
+    cloud, clear = int((mask == 1).sum()), int((mask == 0).sum())
+    assert res["CLOUD_PIXELS"] == cloud and res["CLEAR_PIXELS"] == clear
+    assert res["NODATA_PIXELS"] == 0
+    assert res["CLOUD_PERCENT"] == pytest.approx(100 * cloud / mask.size)
+    assert res["CLOUD_AREA"] == pytest.approx(cloud * 100.0)  # 10 m pixels
+    assert res["AREA_UNIT"] == "square meters"
+    assert res["MODEL_NAME"] == "test-blue-sigmoid 0.0.1"
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["cloud_pixels"] == cloud and stats["cloud_area"] == res["CLOUD_AREA"]
+    assert stats["overlap"] == 32 and stats["threshold"] == 0.5
+    assert 0 < res["CLOUD_PERCENT"] < 100  # the sample scene really has clouds and clear land
+
+
+def test_area_of_a_geographic_raster_is_in_square_degrees(run_alg, scene, tmp_path):
+    src = synthetic.write_geotiff(
+        tmp_path / "ll.tif", scene, geotransform=(10.0, 1e-4, 0, 45.0, 0, -1e-4), epsg=4326
+    )
+    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif")})
+    assert res["AREA_UNIT"] == "square degrees"
+    assert res["CLOUD_AREA"] == pytest.approx(res["CLOUD_PIXELS"] * 1e-8)
+
+
+def test_band_parameters_pick_bands_from_a_13_band_stack(run_alg, scene, tmp_path):
+    full = np.zeros((13, *scene.shape[1:]), np.uint16) + 1234
+    for band_1based, src_index in ((2, 0), (3, 1), (4, 2), (8, 3)):  # B02, B03, B04, B08
+        full[band_1based - 1] = scene[src_index]
+    src = synthetic.write_geotiff(tmp_path / "s2_13.tif", full)
+    res = run_alg(
+        {"INPUT": src, "RED_BAND": 4, "GREEN_BAND": 3, "BLUE_BAND": 2, "NIR_BAND": 8,
+         "OUTPUT": str(tmp_path / "mask.tif")}
+    )
+    _, mask = read(res["OUTPUT"])
+    assert_matches(mask, None, scene[0])
+
+
+def test_baseline_04_offset_is_removed(run_alg, scene, tmp_path):
+    src = synthetic.write_geotiff(tmp_path / "pb04.tif", (scene + 1000).astype(np.uint16))
+    res = run_alg({"INPUT": src, "RADIOMETRY": 2, "OUTPUT": str(tmp_path / "mask.tif"),
+                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    _, mask = read(res["OUTPUT"])
+    _, prob = read(res["OUTPUT_PROBABILITY"])
+    assert_matches(mask, prob, scene[0])
+
+
+def test_float_reflectance_passes_through_unscaled(run_alg, scene, tmp_path):
+    src = synthetic.write_geotiff(tmp_path / "refl.tif", (scene / 10000).astype(np.float32))
+    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif"),
+                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    _, mask = read(res["OUTPUT"])
+    _, prob = read(res["OUTPUT_PROBABILITY"])
+    assert_matches(mask, prob, scene[0])
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (40, 17), (224, 224), (230, 100)])
+def test_rasters_smaller_than_a_tile_are_padded_not_resized(run_alg, tmp_path, h, w):
+    scene = synthetic.sample_scene(h, w, seed=h + w)
+    src = synthetic.write_geotiff(tmp_path / "small.tif", scene)
+    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif"),
+                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    ds, mask = read(res["OUTPUT"])
+    _, prob = read(res["OUTPUT_PROBABILITY"])
+    assert mask.shape == (h, w)
+    assert_matches(mask, prob, scene[0])
+
+
+def test_nodata_zero_and_nan_pixels_are_255_and_left_out_of_statistics(run_alg, tmp_path):
+    scene = (synthetic.sample_scene(260, 240, seed=9) / 10000).astype(np.float32)
+    valid = np.ones(scene.shape[1:], bool)
+    scene[:, :20, :] = -9999  # declared nodata
+    scene[:, 100:110, 50:70] = 0  # all bands 0: S2 fill
+    scene[1, 200:205, 10:15] = np.nan  # one band NaN
+    scene[3, 150, 150] = np.inf
+    valid[:20], valid[100:110, 50:70], valid[200:205, 10:15], valid[150, 150] = (False,) * 4
+    src = synthetic.write_geotiff(tmp_path / "nd.tif", scene, nodata=-9999)
+    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif"),
+                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    _, mask = read(res["OUTPUT"])
+    _, prob = read(res["OUTPUT_PROBABILITY"])
+    dn_blue = np.where(valid, scene[0] * 10000, 0)
+    assert_matches(mask, prob, dn_blue, valid)
+    assert res["NODATA_PIXELS"] == int((~valid).sum())
+    assert res["CLOUD_PERCENT"] == pytest.approx(100 * (mask == 1).sum() / valid.sum())
+
+
+def test_threshold_and_overlap_parameters_override_the_model(run_alg, scene, tmp_path):
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    res = run_alg({"INPUT": src, "THRESHOLD": 0.9, "OVERLAP": 0, "BATCH_SIZE": 1,
+                   "OUTPUT": str(tmp_path / "mask.tif"), "OUTPUT_STATS": str(tmp_path / "s.json")})
+    _, mask = read(res["OUTPUT"])
+    exp = expected_probability(scene[0])
+    decided = np.abs(exp - 0.9) > 1e-5
+    np.testing.assert_array_equal(mask[decided], (exp >= 0.9)[decided])
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["threshold"] == 0.9 and stats["overlap"] == 0
+
+
+def test_progress_is_reported(run_alg, scene, tmp_path):
+    seen = []
+    fb = QgsProcessingFeedback()
+    fb.progressChanged.connect(seen.append)
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    run_alg({"INPUT": src, "BATCH_SIZE": 1, "OUTPUT": str(tmp_path / "m.tif")}, feedback=fb)
+    assert seen and seen[-1] == 100 and len(seen) >= 4
+
+
+def test_bundled_model_is_used_when_model_is_not_given(run_alg, scene, tmp_path, monkeypatch,
+                                                        pixel_model):
+    from qgis_cloudmask.cloudmask_processing import detect_clouds
+
+    monkeypatch.setattr(detect_clouds, "BUNDLED_MODEL_CANDIDATES", (str(pixel_model),))
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    res = run_alg({"INPUT": src, "MODEL": None, "OUTPUT": str(tmp_path / "m.tif")})
+    assert res["MODEL_NAME"] == "test-blue-sigmoid 0.0.1"
