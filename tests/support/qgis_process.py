@@ -27,8 +27,9 @@ def executable() -> str:
     raise FileNotFoundError("qgis_process not found: run `make setup` (installs QGIS)")
 
 
-def environment(config_dir: Path) -> dict[str, str]:
-    """Environment for a headless qgis_process that loads this checkout's plugin."""
+def environment(config_dir: Path, plugin_path: Path = REPO) -> dict[str, str]:
+    """Environment for a headless qgis_process that loads the plugin found in ``plugin_path``
+    (default: this checkout)."""
     ini = config_dir / "profiles" / "default" / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True, exist_ok=True)
     ini.write_text(f"[PythonPlugins]\n{PLUGIN}=true\n")
@@ -36,19 +37,30 @@ def environment(config_dir: Path) -> dict[str, str]:
     site = sysconfig.get_paths()["purelib"]
     env.update(
         QT_QPA_PLATFORM="offscreen",
-        QGIS_PLUGINPATH=str(REPO),
+        QGIS_PLUGINPATH=str(plugin_path),
         QGIS_CUSTOM_CONFIG_PATH=str(config_dir),
-        PYTHONPATH=os.pathsep.join(p for p in (site, str(REPO), env.get("PYTHONPATH")) if p),
+        PYTHONPATH=os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p),
     )
     return env
 
 
-def run_json(algorithm: str, params: dict[str, object], config_dir: Path, timeout: float = 600):
-    """``qgis_process --json run ALG -- KEY=VALUE ...``; returns (returncode, parsed JSON or None, stderr)."""
+def run_json(
+    algorithm: str,
+    params: dict[str, object],
+    config_dir: Path,
+    plugin_path: Path = REPO,
+    timeout: float = 600,
+):
+    """``qgis_process --json run ALG -- KEY=VALUE ...`` -> (returncode, parsed JSON or None, log)."""
     args = [executable(), "--json", "run", algorithm, "--"]
     args += [f"{k}={v}" for k, v in params.items()]
     proc = subprocess.run(
-        args, env=environment(config_dir), capture_output=True, text=True, timeout=timeout
+        args,
+        env=environment(config_dir, plugin_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config_dir,
     )
     try:
         start = proc.stdout.index("{")
