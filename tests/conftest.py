@@ -1,4 +1,4 @@
-"""Shared fixtures. Keep torch out of here (it costs seconds to import; plugin tests never need it)."""
+"""Shared fixtures. Keep torch out of here: it costs seconds and plugin tests never need it."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ import os
 import time
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
@@ -126,8 +125,12 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Sentinel-2 raster"))
         )
         for role, (key, default) in self.BAND_PARAMETERS.items():
-            label = {"nir": "Near-infrared (B08)", "red": "Red (B04)", "green": "Green (B03)",
-                     "blue": "Blue (B02)"}[role]
+            label = {
+                "nir": "Near-infrared (B08)",
+                "red": "Red (B04)",
+                "green": "Green (B03)",
+                "blue": "Blue (B02)",
+            }[role]
             # optional so a missing value falls back to the default: QGIS 3.22's band
             # parameter ignores its default when validating a call without the key
             self.addParameter(
@@ -218,8 +221,10 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         return getter(parameters, key, context)
 
     def _bands(self, parameters, context, band_count: int, roles) -> list[int]:
-        chosen = {role: self.parameterAsInt(parameters, self.BAND_PARAMETERS[role][0], context)
-                  for role in self.BAND_PARAMETERS}
+        chosen = {
+            role: self.parameterAsInt(parameters, self.BAND_PARAMETERS[role][0], context)
+            for role in self.BAND_PARAMETERS
+        }
         if band_count < len(chosen):
             raise QgsProcessingException(
                 f"The input raster has {band_count} band(s), but the cloud model needs four: "
@@ -329,7 +334,9 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             f"overlap {overlap} px, threshold {threshold:g}, batch {batch_size}."
         )
         read_rows = inference.reflectance_reader(
-            raster_io.raw_reader(ds, bands), [info.nodata[b - 1] for b in bands], mode,
+            raster_io.raw_reader(ds, bands),
+            [info.nodata[b - 1] for b in bands],
+            mode,
             info.is_float,
         )
         first = min(info.height, mi.tile_size)
@@ -340,7 +347,12 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         try:
             with raster_io.OutputRasters(info, mask_path, prob_path or None) as out:
                 stats = inference.classify_raster(
-                    model.predict, plan, threshold, batch_size, read_rows, out.write_rows,
+                    model.predict,
+                    plan,
+                    threshold,
+                    batch_size,
+                    read_rows,
+                    out.write_rows,
                     progress=lambda f: feedback.setProgress(100.0 * f),
                     is_canceled=feedback.isCanceled,
                 )
@@ -349,14 +361,23 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                         "The input raster holds only nodata (declared nodata, NaN/inf or 0 in "
                         "every band) in the chosen bands: there is nothing to classify."
                     )
-                result_stats = self._stats_dict(stats, info, layer, mi, model, overlap,
-                                                threshold, mode, time.perf_counter() - started)
+                result_stats = self._stats_dict(
+                    stats,
+                    info,
+                    layer,
+                    mi,
+                    model,
+                    overlap,
+                    threshold,
+                    mode,
+                    time.perf_counter() - started,
+                )
                 stats_temp = self._write_json_temp(stats_path, result_stats) if stats_path else None
                 out.commit()
                 if stats_temp:
                     os.replace(stats_temp, stats_path)
         except inference.Cancelled:
-            raise QgsProcessingException("Cancelled by the user: no output was written.")
+            raise QgsProcessingException("Cancelled by the user: no output was written.") from None
         except raster_io.RasterError as exc:
             raise QgsProcessingException(str(exc)) from exc
         except ModelError as exc:
@@ -392,8 +413,12 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             width=info.width,
             height=info.height,
             crs=layer.crs().authid(),
-            model={"name": mi.name, "version": mi.version, "path": model.path,
-                   "execution_provider": model.execution_provider},
+            model={
+                "name": mi.name,
+                "version": mi.version,
+                "path": model.path,
+                "execution_provider": model.execution_provider,
+            },
             threshold=threshold,
             overlap=overlap,
             radiometry=radiometry.LABELS[mode],

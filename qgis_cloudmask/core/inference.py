@@ -28,7 +28,7 @@ WriteRows = Callable[[int, np.ndarray, np.ndarray], None]
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-class Cancelled(Exception):
+class Cancelled(Exception):  # noqa: N818 (a request, not an error)
     """Raised between batches when the caller asked to stop."""
 
 

@@ -197,7 +197,9 @@ class CloudModel:
         """Cloud probability for a batch of reflectance tiles (``N x 4 x T x T`` float32)."""
         t = self.info.tile_size
         if tiles.ndim != 4 or tiles.shape[1:] != (contract.N_CHANNELS, t, t):
-            raise ValueError(f"tiles must be N x {contract.N_CHANNELS} x {t} x {t}, got {tiles.shape}")
+            raise ValueError(
+                f"tiles must be N x {contract.N_CHANNELS} x {t} x {t}, got {tiles.shape}"
+            )
         (prob,) = self.session.run(
             [contract.PROBABILITY_OUTPUT],
             {contract.INPUT_NAME: np.ascontiguousarray(tiles, dtype=np.float32)},

@@ -24,7 +24,9 @@ class Radiometry(IntEnum):
 LABELS: dict[Radiometry, str] = {
     Radiometry.AUTOMATIC: "Automatic (float = reflectance, integer = DN / 10000)",
     Radiometry.S2_DN: "Sentinel-2 DN, processing baseline before 04.00 (DN / 10000)",
-    Radiometry.S2_DN_OFFSET: "Sentinel-2 DN, processing baseline 04.00 or later ((DN - 1000) / 10000)",
+    Radiometry.S2_DN_OFFSET: (
+        "Sentinel-2 DN, processing baseline 04.00 or later ((DN - 1000) / 10000)"
+    ),
     Radiometry.REFLECTANCE: "Reflectance 0-1 (no scaling)",
 }
 

@@ -11,9 +11,21 @@ from tests.support import package, qgis_process, synthetic
 
 pytestmark = pytest.mark.cli
 
-REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author",
-                     "repository", "tracker", "hasProcessingProvider", "category", "tags",
-                     "experimental", "changelog")
+REQUIRED_METADATA = (
+    "name",
+    "qgisMinimumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "repository",
+    "tracker",
+    "hasProcessingProvider",
+    "category",
+    "tags",
+    "experimental",
+    "changelog",
+)
 
 
 def test_zip_holds_plugin_metadata_and_licence_under_one_folder(tmp_path):
@@ -23,8 +35,15 @@ def test_zip_holds_plugin_metadata_and_licence_under_one_folder(tmp_path):
         meta = configparser.ConfigParser()
         meta.read_string(zf.read("qgis_cloudmask/metadata.txt").decode())
     assert {n.split("/")[0] for n in names} == {"qgis_cloudmask"}
-    for required in ("__init__.py", "plugin.py", "metadata.txt", "LICENSE", "raster_io.py",
-                     "core/inference.py", "cloudmask_processing/detect_clouds.py"):
+    for required in (
+        "__init__.py",
+        "plugin.py",
+        "metadata.txt",
+        "LICENSE",
+        "raster_io.py",
+        "core/inference.py",
+        "cloudmask_processing/detect_clouds.py",
+    ):
         assert f"qgis_cloudmask/{required}" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     general = meta["general"]
@@ -55,11 +74,28 @@ def test_demo_runs_end_to_end_and_writes_its_files(tmp_path):
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.support.demo", "--out", str(tmp_path), "--size", "300", "280"],
-        cwd=package.REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.demo",
+            "--out",
+            str(tmp_path),
+            "--size",
+            "300",
+            "280",
+        ],
+        cwd=package.REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CLOUD_PERCENT" in proc.stdout
-    for name in ("sample_s2.tif", "cloud_mask.tif", "cloud_probability.tif", "cloud_stats.json",
-                 "quicklook.png"):
+    for name in (
+        "sample_s2.tif",
+        "cloud_mask.tif",
+        "cloud_probability.tif",
+        "cloud_stats.json",
+        "quicklook.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name

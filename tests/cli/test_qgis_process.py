@@ -16,8 +16,13 @@ def test_qgis_process_lists_and_runs_the_algorithm(tmp_path, pixel_model):
     src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
     rc, data, log = qgis_process.run_json(
         "cloudmask:detectclouds",
-        {"INPUT": src, "MODEL": pixel_model, "OVERLAP": 16,
-         "OUTPUT": tmp_path / "mask.tif", "OUTPUT_STATS": tmp_path / "stats.json"},
+        {
+            "INPUT": src,
+            "MODEL": pixel_model,
+            "OVERLAP": 16,
+            "OUTPUT": tmp_path / "mask.tif",
+            "OUTPUT_STATS": tmp_path / "stats.json",
+        },
         tmp_path / "qgis-config",
     )
     assert rc == 0, log

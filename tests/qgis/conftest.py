@@ -20,7 +20,7 @@ def cloudmask_provider(qgis_processing):
 
 @pytest.fixture
 def run_alg(cloudmask_provider, pixel_model):
-    """``run_alg(params, feedback=None)`` -> results of ``processing.run('cloudmask:detectclouds')``.
+    """``run_alg(params, feedback=None)``: results of ``processing.run("cloudmask:...")``.
 
     MODEL defaults to the test model (probability = sigmoid(40 * (blue - 0.2))).
     """

@@ -34,8 +34,12 @@ def fails(run_alg, params, match, workdir, feedback=None):
 
 
 def out(workdir, **extra):
-    return {"OUTPUT": str(workdir / "mask.tif"), "OUTPUT_PROBABILITY": str(workdir / "p.tif"),
-            "OUTPUT_STATS": str(workdir / "s.json"), **extra}
+    return {
+        "OUTPUT": str(workdir / "mask.tif"),
+        "OUTPUT_PROBABILITY": str(workdir / "p.tif"),
+        "OUTPUT_STATS": str(workdir / "s.json"),
+        **extra,
+    }
 
 
 @pytest.mark.parametrize(
@@ -52,8 +56,12 @@ def test_band_out_of_range_or_repeated(run_alg, s2, workdir, bands, match):
 
 def test_single_band_raster(run_alg, workdir):
     src = synthetic.write_geotiff(workdir / "one.tif", synthetic.sample_scene(50, 50)[:1])
-    fails(run_alg, {"INPUT": src, **out(workdir)}, "has 1 band\\(s\\), but the cloud model needs four",
-          workdir)
+    fails(
+        run_alg,
+        {"INPUT": src, **out(workdir)},
+        "has 1 band\\(s\\), but the cloud model needs four",
+        workdir,
+    )
 
 
 def test_raster_of_only_nodata(run_alg, workdir):
@@ -77,15 +85,23 @@ def test_complex_raster_is_rejected(run_alg, workdir):
 
 
 def test_missing_model_file(run_alg, s2, workdir):
-    fails(run_alg, {"INPUT": s2, "MODEL": str(workdir / "nope.onnx"), **out(workdir)},
-          "does not exist", workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, "MODEL": str(workdir / "nope.onnx"), **out(workdir)},
+        "does not exist",
+        workdir,
+    )
 
 
 def test_model_that_is_not_onnx(run_alg, s2, workdir, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_text("this is not a model")
-    fails(run_alg, {"INPUT": s2, "MODEL": str(bad), **out(workdir)}, "not a usable ONNX model",
-          workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, "MODEL": str(bad), **out(workdir)},
+        "not a usable ONNX model",
+        workdir,
+    )
 
 
 def test_model_breaking_the_contract_names_the_missing_key(run_alg, s2, workdir, tmp_path):
@@ -97,8 +113,12 @@ def test_no_bundled_model_and_none_given(run_alg, s2, workdir, monkeypatch):
     from qgis_cloudmask.cloudmask_processing import detect_clouds
 
     monkeypatch.setattr(detect_clouds, "BUNDLED_MODEL_CANDIDATES", ())
-    fails(run_alg, {"INPUT": s2, "MODEL": None, **out(workdir)},
-          "No trained cloud model is bundled", workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, "MODEL": None, **out(workdir)},
+        "No trained cloud model is bundled",
+        workdir,
+    )
 
 
 def test_onnxruntime_not_installed(run_alg, s2, workdir, monkeypatch):
@@ -108,20 +128,32 @@ def test_onnxruntime_not_installed(run_alg, s2, workdir, monkeypatch):
 
 
 def test_output_folder_that_does_not_exist(run_alg, s2, workdir):
-    fails(run_alg, {"INPUT": s2, "OUTPUT": str(workdir / "missing" / "mask.tif")},
-          "folder .* does not exist", workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, "OUTPUT": str(workdir / "missing" / "mask.tif")},
+        "folder .* does not exist",
+        workdir,
+    )
 
 
 def test_output_in_a_folder_that_cannot_be_written(run_alg, s2, workdir):
     # chmod cannot stop root (CI runs as root); /proc refuses new files for everybody.
-    fails(run_alg, {"INPUT": s2, "OUTPUT": "/proc/cloudmask-test-mask.tif"},
-          "[Cc]annot (create|write)", workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, "OUTPUT": "/proc/cloudmask-test-mask.tif"},
+        "[Cc]annot (create|write)",
+        workdir,
+    )
     assert not os.path.exists("/proc/cloudmask-test-mask.tif")
 
 
 def test_stats_in_a_folder_that_does_not_exist(run_alg, s2, workdir):
-    fails(run_alg, {"INPUT": s2, **out(workdir, OUTPUT_STATS=str(workdir / "no" / "s.json"))},
-          "statistics .* does not exist", workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, **out(workdir, OUTPUT_STATS=str(workdir / "no" / "s.json"))},
+        "statistics .* does not exist",
+        workdir,
+    )
 
 
 def test_output_equal_to_input_is_refused_and_input_survives(run_alg, s2, workdir):
@@ -135,8 +167,12 @@ def test_output_that_is_not_geotiff(run_alg, s2, workdir):
 
 
 def test_overlap_not_smaller_than_tile(run_alg, s2, workdir):
-    fails(run_alg, {"INPUT": s2, "OVERLAP": 224, **out(workdir)}, "smaller than the tile size",
-          workdir)
+    fails(
+        run_alg,
+        {"INPUT": s2, "OVERLAP": 224, **out(workdir)},
+        "smaller than the tile size",
+        workdir,
+    )
 
 
 def test_cancel_leaves_no_partial_output(run_alg, workdir):

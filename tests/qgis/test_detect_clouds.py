@@ -90,8 +90,14 @@ def test_band_parameters_pick_bands_from_a_13_band_stack(run_alg, scene, tmp_pat
         full[band_1based - 1] = scene[src_index]
     src = synthetic.write_geotiff(tmp_path / "s2_13.tif", full)
     res = run_alg(
-        {"INPUT": src, "RED_BAND": 4, "GREEN_BAND": 3, "BLUE_BAND": 2, "NIR_BAND": 8,
-         "OUTPUT": str(tmp_path / "mask.tif")}
+        {
+            "INPUT": src,
+            "RED_BAND": 4,
+            "GREEN_BAND": 3,
+            "BLUE_BAND": 2,
+            "NIR_BAND": 8,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+        }
     )
     _, mask = read(res["OUTPUT"])
     assert_matches(mask, None, scene[0])
@@ -99,8 +105,14 @@ def test_band_parameters_pick_bands_from_a_13_band_stack(run_alg, scene, tmp_pat
 
 def test_baseline_04_offset_is_removed(run_alg, scene, tmp_path):
     src = synthetic.write_geotiff(tmp_path / "pb04.tif", (scene + 1000).astype(np.uint16))
-    res = run_alg({"INPUT": src, "RADIOMETRY": 2, "OUTPUT": str(tmp_path / "mask.tif"),
-                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    res = run_alg(
+        {
+            "INPUT": src,
+            "RADIOMETRY": 2,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+        }
+    )
     _, mask = read(res["OUTPUT"])
     _, prob = read(res["OUTPUT_PROBABILITY"])
     assert_matches(mask, prob, scene[0])
@@ -108,8 +120,13 @@ def test_baseline_04_offset_is_removed(run_alg, scene, tmp_path):
 
 def test_float_reflectance_passes_through_unscaled(run_alg, scene, tmp_path):
     src = synthetic.write_geotiff(tmp_path / "refl.tif", (scene / 10000).astype(np.float32))
-    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif"),
-                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    res = run_alg(
+        {
+            "INPUT": src,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+        }
+    )
     _, mask = read(res["OUTPUT"])
     _, prob = read(res["OUTPUT_PROBABILITY"])
     assert_matches(mask, prob, scene[0])
@@ -119,8 +136,13 @@ def test_float_reflectance_passes_through_unscaled(run_alg, scene, tmp_path):
 def test_rasters_smaller_than_a_tile_are_padded_not_resized(run_alg, tmp_path, h, w):
     scene = synthetic.sample_scene(h, w, seed=h + w)
     src = synthetic.write_geotiff(tmp_path / "small.tif", scene)
-    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif"),
-                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    res = run_alg(
+        {
+            "INPUT": src,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+        }
+    )
     ds, mask = read(res["OUTPUT"])
     _, prob = read(res["OUTPUT_PROBABILITY"])
     assert mask.shape == (h, w)
@@ -136,8 +158,13 @@ def test_nodata_zero_and_nan_pixels_are_255_and_left_out_of_statistics(run_alg, 
     scene[3, 150, 150] = np.inf
     valid[:20], valid[100:110, 50:70], valid[200:205, 10:15], valid[150, 150] = (False,) * 4
     src = synthetic.write_geotiff(tmp_path / "nd.tif", scene, nodata=-9999)
-    res = run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "mask.tif"),
-                   "OUTPUT_PROBABILITY": str(tmp_path / "p.tif")})
+    res = run_alg(
+        {
+            "INPUT": src,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+        }
+    )
     _, mask = read(res["OUTPUT"])
     _, prob = read(res["OUTPUT_PROBABILITY"])
     dn_blue = np.where(valid, scene[0] * 10000, 0)
@@ -148,8 +175,16 @@ def test_nodata_zero_and_nan_pixels_are_255_and_left_out_of_statistics(run_alg, 
 
 def test_threshold_and_overlap_parameters_override_the_model(run_alg, scene, tmp_path):
     src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
-    res = run_alg({"INPUT": src, "THRESHOLD": 0.9, "OVERLAP": 0, "BATCH_SIZE": 1,
-                   "OUTPUT": str(tmp_path / "mask.tif"), "OUTPUT_STATS": str(tmp_path / "s.json")})
+    res = run_alg(
+        {
+            "INPUT": src,
+            "THRESHOLD": 0.9,
+            "OVERLAP": 0,
+            "BATCH_SIZE": 1,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_STATS": str(tmp_path / "s.json"),
+        }
+    )
     _, mask = read(res["OUTPUT"])
     exp = expected_probability(scene[0])
     decided = np.abs(exp - 0.9) > 1e-5
@@ -167,8 +202,9 @@ def test_progress_is_reported(run_alg, scene, tmp_path):
     assert seen and seen[-1] == 100 and len(seen) >= 4
 
 
-def test_bundled_model_is_used_when_model_is_not_given(run_alg, scene, tmp_path, monkeypatch,
-                                                        pixel_model):
+def test_bundled_model_is_used_when_model_is_not_given(
+    run_alg, scene, tmp_path, monkeypatch, pixel_model
+):
     from qgis_cloudmask.cloudmask_processing import detect_clouds
 
     monkeypatch.setattr(detect_clouds, "BUNDLED_MODEL_CANDIDATES", (str(pixel_model),))

@@ -42,7 +42,9 @@ def model_path(workdir: Path) -> tuple[Path, str]:
         return BUNDLED, "bundled model"
     from tests.support import synthetic
 
-    return Path(synthetic.write_pixel_model(workdir / "toy.onnx")), "TOY per-pixel model (no trained model bundled)"
+    return Path(
+        synthetic.write_pixel_model(workdir / "toy.onnx")
+    ), "TOY per-pixel model (no trained model bundled)"
 
 
 def reference_mpx_per_s(model_file: Path, batch: int, seconds: float = 3.0) -> float:
@@ -68,28 +70,44 @@ def child(raster: str, model_file: str, batch: int) -> None:
     model = CloudModel(model_file)
     ds, info = raster_io.open_raster(raster)
     bands = [3, 2, 1, 4]
-    plan = inference.TilingPlan(info.height, info.width, model.info.tile_size,
-                                model.info.recommended_overlap)
-    reader = inference.reflectance_reader(raster_io.raw_reader(ds, bands),
-                                          [info.nodata[b - 1] for b in bands],
-                                          radiometry.Radiometry.AUTOMATIC, info.is_float)
+    plan = inference.TilingPlan(
+        info.height, info.width, model.info.tile_size, model.info.recommended_overlap
+    )
+    reader = inference.reflectance_reader(
+        raster_io.raw_reader(ds, bands),
+        [info.nodata[b - 1] for b in bands],
+        radiometry.Radiometry.AUTOMATIC,
+        info.is_float,
+    )
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         with raster_io.OutputRasters(info, f"{tmp}/m.tif", f"{tmp}/p.tif") as out:
-            inference.classify_raster(model.predict, plan, model.info.threshold, batch, reader,
-                                      out.write_rows)
+            inference.classify_raster(
+                model.predict, plan, model.info.threshold, batch, reader, out.write_rows
+            )
             out.commit()
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "mpx": info.width * info.height / 1e6,
-                      "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss_before}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "mpx": info.width * info.height / 1e6,
+                "peak_rss_mb": peak_rss_mb(),
+                "rss_before_mb": rss_before,
+            }
+        )
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--sizes", default="1024x1024,2048x1024,4096x1024,4096x2048",
-                        help="comma-separated HxW rasters to time")
+    parser.add_argument(
+        "--sizes",
+        default="1024x1024,2048x1024,4096x1024,4096x2048",
+        help="comma-separated HxW rasters to time",
+    )
     parser.add_argument("--child", nargs=2, metavar=("RASTER", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -104,26 +122,44 @@ def main() -> int:
         ref = reference_mpx_per_s(model_file, args.batch)
         print(f"model: {label} ({model_file.name}); batch {args.batch}")
         print(f"reference (bare model on tiles, same process): {ref:.3f} Mpx/s\n")
-        print(f"{'raster HxW':>12} {'Mpx':>6} {'s':>7} {'Mpx/s':>7} {'vs ref':>7} "
-              f"{'peak RSS MB':>12}")
+        print(
+            f"{'raster HxW':>12} {'Mpx':>6} {'s':>7} {'Mpx/s':>7} {'vs ref':>7} {'peak RSS MB':>12}"
+        )
         for size in args.sizes.split(","):
             h, w = (int(v) for v in size.lower().split("x"))
             raster = synthetic.write_geotiff(work / f"{h}x{w}.tif", synthetic.sample_scene(h, w, 1))
             proc = subprocess.run(
-                [sys.executable, "-m", "tests.support.bench", "--batch", str(args.batch),
-                 "--child", raster, str(model_file)],
-                cwd=REPO, capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.support.bench",
+                    "--batch",
+                    str(args.batch),
+                    "--child",
+                    raster,
+                    str(model_file),
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             mps = r["mpx"] / r["seconds"]
-            print(f"{size:>12} {r['mpx']:6.2f} {r['seconds']:7.2f} {mps:7.3f} {mps / ref:7.2f} "
-                  f"{r['peak_rss_mb']:12.0f}")
-            print(f"{'':>12} (peak RSS after loading the model, before the run: "
-                  f"{r['rss_before_mb']:.0f} MB)") if size == args.sizes.split(",")[0] else None
-    print("\n'vs ref' < 1 is the cost of overlap (tiles per pixel), nodata checks, blending and "
-          "I/O;\npeak RSS should stay flat as the height grows (windowed streaming), apart from "
-          "GDAL's block cache,\nwhich fills up to GDAL_CACHEMAX (default 5 % of RAM): run with "
-          "GDAL_CACHEMAX=16 to see the plugin's own memory.")
+            print(
+                f"{size:>12} {r['mpx']:6.2f} {r['seconds']:7.2f} {mps:7.3f} {mps / ref:7.2f} "
+                f"{r['peak_rss_mb']:12.0f}"
+            )
+            print(
+                f"{'':>12} (peak RSS after loading the model, before the run: "
+                f"{r['rss_before_mb']:.0f} MB)"
+            ) if size == args.sizes.split(",")[0] else None
+    print(
+        "\n'vs ref' < 1 is the cost of overlap (tiles per pixel), nodata checks, blending and "
+        "I/O;\npeak RSS should stay flat as the height grows (windowed streaming), apart from "
+        "GDAL's block cache,\nwhich fills up to GDAL_CACHEMAX (default 5 % of RAM): run with "
+        "GDAL_CACHEMAX=16 to see the plugin's own memory."
+    )
     return 0
 
 

@@ -72,8 +72,10 @@ def main() -> int:
         "OUTPUT_PROBABILITY": out / "cloud_probability.tif",
         "OUTPUT_STATS": out / "cloud_stats.json",
     }
-    print("run   : qgis_process --json run cloudmask:detectclouds -- " +
-          " ".join(f"{k}={v}" for k, v in params.items()))
+    print(
+        "run   : qgis_process --json run cloudmask:detectclouds -- "
+        + " ".join(f"{k}={v}" for k, v in params.items())
+    )
     rc, data, log = qgis_process.run_json("cloudmask:detectclouds", params, out / "qgis-config")
     if rc != 0 or data is None:
         print(log, file=sys.stderr)
@@ -82,18 +84,26 @@ def main() -> int:
     res = data["results"]
     stats = json.loads((out / "cloud_stats.json").read_text())
     print("\nresults:")
-    for key in ("CLOUD_PERCENT", "CLOUD_PIXELS", "CLEAR_PIXELS", "NODATA_PIXELS", "CLOUD_AREA",
-                "AREA_UNIT", "MODEL_NAME"):
+    for key in (
+        "CLOUD_PERCENT",
+        "CLOUD_PIXELS",
+        "CLEAR_PIXELS",
+        "NODATA_PIXELS",
+        "CLOUD_AREA",
+        "AREA_UNIT",
+        "MODEL_NAME",
+    ):
         print(f"  {key:<14} {res[key]}")
     print(f"  run time       {stats['seconds']} s on {stats['model']['execution_provider']}")
 
     from osgeo import gdal
 
     mask = gdal.Open(str(out / "cloud_mask.tif")).ReadAsArray()
-    quicklook(scene, mask, out / "quicklook.png",
-              f"{note}: {res['CLOUD_PERCENT']:.1f} % cloud")
-    print(f"\nwrote {out}/: sample_s2.tif cloud_mask.tif cloud_probability.tif "
-          "cloud_stats.json quicklook.png")
+    quicklook(scene, mask, out / "quicklook.png", f"{note}: {res['CLOUD_PERCENT']:.1f} % cloud")
+    print(
+        f"\nwrote {out}/: sample_s2.tif cloud_mask.tif cloud_probability.tif "
+        "cloud_stats.json quicklook.png"
+    )
     return 0
 
 

@@ -43,8 +43,10 @@ def main() -> None:
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
     has_model = f"{PLUGIN}/models/cloudmask.onnx" in names
-    print(f"wrote {zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB, {len(names)} files; "
-          f"bundled model: {'yes' if has_model else 'NO - no trained model in models/ yet'})")
+    print(
+        f"wrote {zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB, {len(names)} files; "
+        f"bundled model: {'yes' if has_model else 'NO - no trained model in models/ yet'})"
+    )
 
 
 if __name__ == "__main__":

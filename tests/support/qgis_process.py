@@ -21,7 +21,9 @@ PLUGIN = "qgis_cloudmask"
 
 def executable() -> str:
     for name in ("qgis_process.bin", "qgis_process"):
-        found = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        found = shutil.which(name) or (
+            f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
+        )
         if found:
             return found
     raise FileNotFoundError("qgis_process not found: run `make setup` (installs QGIS)")
@@ -51,7 +53,7 @@ def run_json(
     plugin_path: Path = REPO,
     timeout: float = 600,
 ):
-    """``qgis_process --json run ALG -- KEY=VALUE ...`` -> (returncode, parsed JSON or None, log)."""
+    """``qgis_process --json run ALG -- KEY=VALUE ...`` -> (returncode, JSON or None, log)."""
     args = [executable(), "--json", "run", algorithm, "--"]
     args += [f"{k}={v}" for k, v in params.items()]
     proc = subprocess.run(

@@ -113,7 +113,10 @@ def test_cancel_stops_between_batches():
     plan = inference.TilingPlan(500, 500, 224, 32)
     with pytest.raises(inference.Cancelled):
         inference.classify_raster(
-            predict, plan, 0.5, 1,
+            predict,
+            plan,
+            0.5,
+            1,
             lambda a, b: (refl[:, a:b], np.ones((b - a, 500), bool)),
             lambda *a: None,
             is_canceled=lambda: len(calls) >= 2,
@@ -126,7 +129,10 @@ def test_progress_rises_to_one():
     seen = []
     plan = inference.TilingPlan(450, 450, 224, 32)
     inference.classify_raster(
-        pixel_function, plan, 0.5, 2,
+        pixel_function,
+        plan,
+        0.5,
+        2,
         lambda a, b: (refl[:, a:b], np.ones((b - a, 450), bool)),
         lambda *a: None,
         progress=seen.append,
