@@ -23,6 +23,19 @@ def read(path):
     return ds, ds.GetRasterBand(1).ReadAsArray()
 
 
+def run_and_read(run_alg, src, tmp_path, **params):
+    """Run on ``src`` writing mask and probability; return (results, mask, probability)."""
+    res = run_alg(
+        {
+            "INPUT": src,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
+            **params,
+        }
+    )
+    return res, read(res["OUTPUT"])[1], read(res["OUTPUT_PROBABILITY"])[1]
+
+
 def assert_matches(mask, prob, dn_blue, valid=None):
     exp = expected_probability(dn_blue)
     valid = np.ones(exp.shape, bool) if valid is None else valid
@@ -105,30 +118,13 @@ def test_band_parameters_pick_bands_from_a_13_band_stack(run_alg, scene, tmp_pat
 
 def test_baseline_04_offset_is_removed(run_alg, scene, tmp_path):
     src = synthetic.write_geotiff(tmp_path / "pb04.tif", (scene + 1000).astype(np.uint16))
-    res = run_alg(
-        {
-            "INPUT": src,
-            "RADIOMETRY": 2,
-            "OUTPUT": str(tmp_path / "mask.tif"),
-            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
-        }
-    )
-    _, mask = read(res["OUTPUT"])
-    _, prob = read(res["OUTPUT_PROBABILITY"])
+    _, mask, prob = run_and_read(run_alg, src, tmp_path, RADIOMETRY=2)
     assert_matches(mask, prob, scene[0])
 
 
 def test_float_reflectance_passes_through_unscaled(run_alg, scene, tmp_path):
     src = synthetic.write_geotiff(tmp_path / "refl.tif", (scene / 10000).astype(np.float32))
-    res = run_alg(
-        {
-            "INPUT": src,
-            "OUTPUT": str(tmp_path / "mask.tif"),
-            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
-        }
-    )
-    _, mask = read(res["OUTPUT"])
-    _, prob = read(res["OUTPUT_PROBABILITY"])
+    _, mask, prob = run_and_read(run_alg, src, tmp_path)
     assert_matches(mask, prob, scene[0])
 
 
@@ -136,15 +132,7 @@ def test_float_reflectance_passes_through_unscaled(run_alg, scene, tmp_path):
 def test_rasters_smaller_than_a_tile_are_padded_not_resized(run_alg, tmp_path, h, w):
     scene = synthetic.sample_scene(h, w, seed=h + w)
     src = synthetic.write_geotiff(tmp_path / "small.tif", scene)
-    res = run_alg(
-        {
-            "INPUT": src,
-            "OUTPUT": str(tmp_path / "mask.tif"),
-            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
-        }
-    )
-    ds, mask = read(res["OUTPUT"])
-    _, prob = read(res["OUTPUT_PROBABILITY"])
+    _, mask, prob = run_and_read(run_alg, src, tmp_path)
     assert mask.shape == (h, w)
     assert_matches(mask, prob, scene[0])
 
@@ -158,15 +146,7 @@ def test_nodata_zero_and_nan_pixels_are_255_and_left_out_of_statistics(run_alg, 
     scene[3, 150, 150] = np.inf
     valid[:20], valid[100:110, 50:70], valid[200:205, 10:15], valid[150, 150] = (False,) * 4
     src = synthetic.write_geotiff(tmp_path / "nd.tif", scene, nodata=-9999)
-    res = run_alg(
-        {
-            "INPUT": src,
-            "OUTPUT": str(tmp_path / "mask.tif"),
-            "OUTPUT_PROBABILITY": str(tmp_path / "p.tif"),
-        }
-    )
-    _, mask = read(res["OUTPUT"])
-    _, prob = read(res["OUTPUT_PROBABILITY"])
+    res, mask, prob = run_and_read(run_alg, src, tmp_path)
     dn_blue = np.where(valid, scene[0] * 10000, 0)
     assert_matches(mask, prob, dn_blue, valid)
     assert res["NODATA_PIXELS"] == int((~valid).sum())
