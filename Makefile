@@ -23,7 +23,7 @@ setup: ## install QGIS (apt) and a venv with everything (idempotent)
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt -r requirements-train.txt
-	$(PY) -c "import qgis.core, osgeo.gdal, onnxruntime, torch, segmentation_models_pytorch; print('setup ok: QGIS', qgis.core.Qgis.QGIS_VERSION, '| onnxruntime', onnxruntime.__version__, '| torch', torch.__version__)"
+	$(PY) -c "import qgis.core, osgeo.gdal, onnxruntime, torch; from training._torchvision_compat import smp; print('setup ok: QGIS', qgis.core.Qgis.QGIS_VERSION, '| onnxruntime', onnxruntime.__version__, '| torch', torch.__version__)"
 
 test: ## run the test suite (headless)
 	$(PY) -m pytest
