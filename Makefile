@@ -45,7 +45,7 @@ train: ## train the U-Net (config: training/configs/default.yaml)
 	$(PY) -m training.train --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
 export: ## export the best checkpoint to models/cloudmask.onnx
-	$(PY) -m training.export --config training/configs/default.yaml
+	$(PY) -m training.export --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
 evaluate: ## IoU/F1/precision/recall of models/cloudmask.onnx vs the teacher on labelled chips
 	$(PY) -m training.evaluate --data-root $(SHARED_DATA)

@@ -1,0 +1,152 @@
+"""Tiny config end to end on generated data: train -> export -> contract -> parity -> plugin
+core -> evaluate, plus the torchvision workaround and the teacher pseudo-labeller."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from qgis_cloudmask.core import contract, inference
+from qgis_cloudmask.core.model import CloudModel
+from training import config, evaluate, export, pseudolabel, train
+
+pytestmark = pytest.mark.training
+
+TINY = config.REPO_ROOT / "training/configs/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(data_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    return config.load(
+        TINY,
+        {
+            "data.teacher_dir": str(data_root / "teacher"),
+            "data.split_dir": str(tmp / "splits"),
+            "train.runs_dir": str(tmp / "runs"),
+            "export.out": str(tmp / "cloudmask.onnx"),
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg, data_root):
+    return train.run(tiny_cfg, data_root, progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_cfg, trained):
+    return export.export(tiny_cfg)
+
+
+def test_default_and_tiny_configs_share_one_schema():
+    default = config.load(config.REPO_ROOT / "training/configs/default.yaml")
+    tiny = config.load(TINY)
+    assert default.to_dict().keys() == tiny.to_dict().keys()
+    with pytest.raises(ValueError, match="unknown"):
+        config.from_dict({"train": {"epochz": 3}})
+
+
+def test_run_folder_has_config_seed_sha_logs_and_checkpoints(trained):
+    saved = config.yaml.safe_load((trained / "config.yaml").read_text())
+    assert saved["seed"] == 0 and "git_sha" in saved and saved["model"]["encoder"] == "resnet18"
+    rows = json.loads((trained / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "val_loss", "val_iou", "dev_iou"} <= set(rows[0])
+    assert (trained / "metrics.csv").read_text().startswith("epoch,")
+    assert (trained / "best.pt").is_file() and (trained / "last.pt").is_file()
+
+
+def test_training_resumes_from_last_checkpoint(tiny_cfg, data_root, trained, capsys):
+    longer = config.from_dict(
+        {**tiny_cfg.to_dict(), "train": {**tiny_cfg.to_dict()["train"], "epochs": 3}}
+    )
+    train.run(longer, data_root, progress=False)
+    assert "resumed" in capsys.readouterr().out
+    rows = json.loads((trained / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_export_passes_checker_parity_and_size(exported):
+    assert exported["parity_max_abs"] < export.PARITY_ATOL
+    assert exported["size_mb"] < 250
+
+
+def test_exported_graph_and_metadata_follow_the_contract(exported):
+    proto = onnx.load(exported["path"])
+    assert [i.name for i in proto.graph.input] == [contract.INPUT_NAME]
+    assert {o.name for o in proto.graph.output} == {
+        contract.MASK_OUTPUT,
+        contract.PROBABILITY_OUTPUT,
+    }
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert set(contract.REQUIRED_METADATA_KEYS) <= set(meta)
+    assert meta["bands"] == list(contract.DEFAULT_BANDS)
+    assert meta["classes"] == {"0": "clear", "1": "cloud"}
+    assert meta["tile_size"] == 224 and "git_sha" in meta["training"]
+
+
+def test_plugin_core_loads_and_runs_the_exported_model(exported):
+    model = CloudModel(exported["path"])
+    refl = np.random.default_rng(0).random((4, 300, 260)).astype(np.float32) * 0.5
+    prob, mask, stats = inference.classify_array(
+        model.predict,
+        refl,
+        model.info.tile_size,
+        model.info.recommended_overlap,
+        model.info.threshold,
+    )
+    assert prob.shape == (300, 260) and set(np.unique(mask)) <= {0, 1}
+    assert stats.valid_pixels == 300 * 260
+
+
+def test_evaluate_prints_ours_teacher_and_brightness(exported, data_root, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    evaluate.main(
+        [
+            "--data-root",
+            str(data_root),
+            "--model",
+            exported["path"],
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert "POOLED" in text and "teacher" in text and "speed-up" in text
+    summary = json.loads(out.read_text())
+    assert set(summary["scenes"]) == {"chip_a", "chip_b"}
+    assert set(summary["pooled"]["all"]) == {"ours", "teacher", "brightness"}
+
+
+def test_pseudolabel_writes_soft_teacher_probabilities(data_root, tmp_path):
+    pseudolabel.main(["--data-root", str(data_root), "--out", str(tmp_path)])
+    prob = np.load(tmp_path / "scene_a.npy")
+    assert prob.dtype == np.float16 and prob.shape == (96, 100)
+    assert 0.0 <= float(np.nanmin(prob)) and float(np.nanmax(prob)) <= 1.0
+    assert json.loads((tmp_path / "scene_a.json").read_text())["teacher"] == "model_4b_l1c.onnx"
+
+
+def test_smp_imports_through_the_torchvision_workaround():
+    from training._torchvision_compat import smp
+
+    assert hasattr(smp, "Unet")
+
+
+def test_report_writes_markdown_and_figures(tiny_cfg, exported, data_root, tmp_path):
+    from training import report
+
+    out = tmp_path / "docs" / "training-report.md"
+    report.write_report(
+        tiny_cfg, data_root, config.Path(exported["path"]), out, out.parent / "figures"
+    )
+    text = out.read_text()
+    for figure in ("loss_curves.png", "precision_recall.png", "validation_grid.png"):
+        assert (out.parent / "figures" / figure).stat().st_size > 0
+        assert f"figures/{figure}" in text
+    assert "teacher" in text and "brightness" in text and "Metric definitions" in text

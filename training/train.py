@@ -1,0 +1,289 @@
+"""Train the cloud U-Net (CPU), resumable, with early stopping on validation IoU.
+
+    python -m training.train --config training/configs/default.yaml --data-root ../shared/data
+
+Everything of a run lives in ``runs/<run_name>/``: ``config.yaml`` (resolved config, seed, git
+sha), ``data.json`` (scenes and split), ``metrics.csv`` / ``metrics.json`` (one row per epoch),
+``last.pt`` (resume point, written after every epoch) and ``best.pt`` (best validation IoU).
+Running the same command again resumes from ``last.pt``; ``--fresh`` starts over. With the
+``teacher`` source, scenes missing from the pseudo-label cache are labelled first
+(:mod:`training.pseudolabel`; cached scenes are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from qgis_cloudmask.core import inference
+from training import config as config_mod
+from training import datasets, metrics, pseudolabel
+from training.config import Config
+from training.losses import make_loss
+from training.model import Normalised, build_unet
+
+LOG_FIELDS = ("epoch", "lr", "train_loss", "val_loss", "seconds")
+
+
+def build_model(cfg: Config) -> Normalised:
+    m = cfg.model
+    net = build_unet(m.encoder, m.depth, m.decoder_channels)
+    return Normalised(net, m.mean, m.std, m.downsample)
+
+
+def load_checkpoint(path: Path) -> tuple[Normalised, dict]:
+    """Model (eval mode) and the raw checkpoint dict of a ``best.pt``/``last.pt``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = config_mod.from_dict(ckpt["config"])
+    model = build_model(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def torch_predict(model: torch.nn.Module):
+    """``N x 4 x T x T`` reflectance (numpy) -> ``N x T x T`` P(cloud), for the tiling core."""
+
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(model(torch.from_numpy(tiles))[:, 0]).numpy()
+
+    return predict
+
+
+def validate(
+    model: torch.nn.Module,
+    val_crops: list,
+    dev_scenes: list,
+    loss_fn,
+    threshold: float,
+    tile: int,
+    overlap: int,
+) -> dict[str, float]:
+    """Loss and metrics on held-out crops (teacher/synthetic labels) and on dev chips (human
+    labels, run through the plugin's tiled inference core)."""
+    model.eval()
+    out: dict[str, float] = {}
+    counts = np.zeros(4, np.int64)
+    losses = []
+    with torch.no_grad():
+        for b in range(0, len(val_crops), 8):
+            batch = val_crops[b : b + 8]
+            x = torch.from_numpy(np.stack([c[1] for c in batch]))
+            y = torch.from_numpy(np.stack([c[2] for c in batch]))
+            logits = model(x)
+            losses.append(float(loss_fn(logits, y)) * len(batch))
+            p = torch.sigmoid(logits[:, 0]).numpy()
+            t = y.numpy()
+            ok = np.isfinite(t)
+            counts += metrics.confusion(p >= threshold, np.nan_to_num(t) >= 0.5, ok)
+    if val_crops:
+        out["val_loss"] = sum(losses) / len(val_crops)
+        out.update({f"val_{k}": v for k, v in metrics.scores(*counts).items()})
+    dev_counts = np.zeros(4, np.int64)
+    for scene in dev_scenes:
+        refl, target = scene.read(0, 0, scene.height, scene.width)
+        _, mask, _ = inference.classify_array(
+            torch_predict(model), refl, tile, overlap, threshold, batch_size=8
+        )
+        ok = (mask != 255) & np.isfinite(target)
+        dev_counts += metrics.confusion(mask == 1, np.nan_to_num(target) == 1, ok)
+    if dev_scenes:
+        out.update({f"dev_{k}": v for k, v in metrics.scores(*dev_counts).items()})
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_log(run_dir: Path, history: list[dict]) -> None:
+    fields = list(LOG_FIELDS) + sorted({k for row in history for k in row} - set(LOG_FIELDS))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+    (run_dir / "metrics.json").write_text(json.dumps(history, indent=2))
+
+
+def selection_key(row: dict) -> str:
+    """Model selection metric: human-labelled dev IoU when available, else held-out val IoU."""
+    return "dev_iou" if "dev_iou" in row else "val_iou"
+
+
+def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) the run described by ``cfg``; returns its run folder."""
+    torch.set_num_threads(cfg.train.threads)
+    _seed_everything(cfg.train.seed)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data_root = Path(data_root)
+    config_mod.save(
+        cfg,
+        run_dir / "config.yaml",
+        seed=cfg.train.seed,
+        git_sha=config_mod.git_sha(),
+        data_root=str(data_root.resolve()),
+        torch=str(torch.__version__),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+    teacher_dir = config_mod.resolve(cfg.data.teacher_dir)
+    if "teacher" in cfg.data.sources and (data_root / "s2_unlabelled").is_dir():
+        pseudolabel.label_all(data_root, teacher_dir)  # only scenes not cached yet
+    scenes = datasets.training_scenes(cfg.data, data_root, teacher_dir)
+    train_scenes, val_scenes = datasets.load_or_make_split(
+        scenes, config_mod.resolve(cfg.data.split_dir), cfg.data.val_fraction, cfg.train.seed
+    )
+    dev_root = data_root / cfg.data.dev_dir
+    dev_scenes = (
+        datasets.labelled_scenes(dev_root, cfg.data.dev_select) if dev_root.is_dir() else []
+    )
+    datasets.write_json(
+        run_dir / "data.json",
+        {
+            "train": datasets.scene_summary(train_scenes),
+            "val": datasets.scene_summary(val_scenes),
+            "dev": datasets.scene_summary(dev_scenes),
+        },
+    )
+    val_crops = datasets.fixed_crops(val_scenes, cfg.data, cfg.train.seed)
+
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
+    total_steps = cfg.train.epochs * cfg.train.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.1
+    )
+    loss_fn = make_loss(cfg.loss)
+    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    last = run_dir / "last.pt"
+    if last.is_file() and not fresh:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+        if ckpt["scheduler"].get("total_steps") == total_steps:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # epochs changed since the checkpoint: follow the new schedule from here
+            scheduler.last_epoch = state["epoch"] * cfg.train.steps_per_epoch - 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scheduler.step()
+        print(f"resumed {run_dir} after epoch {state['epoch']}", flush=True)
+
+    tile, overlap = cfg.export.tile_size, cfg.export.recommended_overlap
+    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
+        epoch = state["epoch"]
+        t0 = time.perf_counter()
+        stream = datasets.CropStream(train_scenes, cfg.data, cfg.train.seed, epoch)
+        loader = DataLoader(
+            stream,
+            batch_size=cfg.train.batch_size,
+            num_workers=cfg.data.num_workers,
+            persistent_workers=False,
+        )
+        model.train()
+        running = 0.0
+        bar = tqdm(
+            total=cfg.train.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not progress,
+            mininterval=5,
+        )
+        for step, (x, y) in enumerate(loader):
+            if step >= cfg.train.steps_per_epoch:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{running / (step + 1):.4f}")
+        bar.close()
+        del loader
+        row = {
+            "epoch": epoch + 1,
+            "lr": scheduler.get_last_lr()[0],
+            "train_loss": running / cfg.train.steps_per_epoch,
+        }
+        row.update(
+            validate(model, val_crops, dev_scenes, loss_fn, cfg.train.threshold, tile, overlap)
+        )
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        state["history"].append(row)
+        state["epoch"] = epoch + 1
+        score = row[selection_key(row)]
+        ckpt = {
+            "config": cfg.to_dict(),
+            "model": model.state_dict(),
+            "epoch": epoch + 1,
+            "row": row,
+        }
+        if score > state["best"]:
+            state["best"], state["bad_epochs"] = score, 0
+            _save_atomic(ckpt, run_dir / "best.pt")
+        else:
+            state["bad_epochs"] += 1
+        ckpt.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), state=state)
+        _save_atomic(ckpt, last)
+        _write_log(run_dir, state["history"])
+        shown = {k: round(v, 4) for k, v in row.items() if k.endswith(("loss", "iou"))}
+        print(
+            f"epoch {epoch + 1}: {shown} best {state['best']:.4f} ({row['seconds']} s)", flush=True
+        )
+    (run_dir / "DONE").write_text(
+        json.dumps({"epochs": state["epoch"], "best": state["best"]}, indent=2)
+    )
+    return run_dir
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``section.key=value`` pairs (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the cloud U-Net.")
+    parser.add_argument("--config", type=Path, default=Path("training/configs/default.yaml"))
+    parser.add_argument("--data-root", type=Path, default=config_mod.REPO_ROOT / "../shared/data")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides: section.key=value")
+    parser.add_argument("--fresh", action="store_true", help="ignore last.pt and start over")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    cfg = config_mod.load(args.config, parse_overrides(args.set))
+    run_dir = run(cfg, args.data_root, fresh=args.fresh, progress=not args.no_progress)
+    print(f"run folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
