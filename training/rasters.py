@@ -90,7 +90,7 @@ def read_reflectance(
     raw = raw[: len(file_bands)]
     valid = radiometry.valid_pixels(raw, nodata_values(path)[: len(file_bands)])
     refl = radiometry.to_reflectance(raw, mode, np.issubdtype(raw.dtype, np.floating))
-    refl = np.clip(refl, 0.0, None)[band_index(file_bands, contract.DEFAULT_BANDS)]
+    refl = refl[band_index(file_bands, contract.DEFAULT_BANDS)]
     refl[:, ~valid] = 0.0
     return np.ascontiguousarray(refl), valid
 

@@ -47,13 +47,18 @@ def scale_and_offset(mode: Radiometry, is_float: bool) -> tuple[float, float]:
 
 
 def to_reflectance(values: np.ndarray, mode: Radiometry, is_float: bool) -> np.ndarray:
-    """Convert stored values (any numeric dtype) to float32 reflectance."""
+    """Convert stored values (any numeric dtype) to float32 reflectance, clipped at 0.
+
+    Negative values (dark water after the baseline 04.00 offset, noise) are not physical and
+    were never seen in training; training reads its imagery through this same function.
+    """
     scale, offset = scale_and_offset(mode, is_float)
     out = values.astype(np.float32, copy=True)
     if offset:
         out += np.float32(offset)
     if scale != 1.0:
         out *= np.float32(scale)
+    np.maximum(out, 0.0, out=out)  # NaN stays NaN (nodata)
     return out
 
 
@@ -91,9 +96,10 @@ def implausibility(reflectance: np.ndarray, valid: np.ndarray) -> str | None:
             "range 0-1.5: the raster probably holds digital numbers. Choose a Sentinel-2 DN "
             "option for the radiometry parameter."
         )
-    if median < 0.0:
+    zero = float(np.mean(reflectance[:, valid] <= 0.0))
+    if zero > 0.25:
         return (
-            f"The median reflectance after scaling is {median:.3f} (negative): the baseline "
+            f"{100 * zero:.0f} % of the input values are 0 or below after scaling: the baseline "
             "04.00 offset is probably applied to a product that has none."
         )
     return None

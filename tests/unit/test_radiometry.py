@@ -18,7 +18,7 @@ DN = np.array([[[0, 1000, 2500, 10000, 65535]]], dtype=np.uint16)
     [
         (Radiometry.AUTOMATIC, False, [0.0, 0.1, 0.25, 1.0, 6.5535]),
         (Radiometry.S2_DN, False, [0.0, 0.1, 0.25, 1.0, 6.5535]),
-        (Radiometry.S2_DN_OFFSET, False, [-0.1, 0.0, 0.15, 0.9, 6.4535]),
+        (Radiometry.S2_DN_OFFSET, False, [0.0, 0.0, 0.15, 0.9, 6.4535]),  # clipped at 0
         (Radiometry.REFLECTANCE, False, [0.0, 1000.0, 2500.0, 10000.0, 65535.0]),
     ],
 )
@@ -63,4 +63,11 @@ def test_dn_read_as_reflectance_raises_a_plausibility_warning():
     refl = np.full((4, 3, 3), 1500.0, dtype=np.float32)
     assert "digital numbers" in implausibility(refl, np.ones((3, 3), bool))
     assert implausibility(refl / 10000, np.ones((3, 3), bool)) is None
-    assert "offset" in implausibility(refl * 0 - 0.05, np.ones((3, 3), bool))
+    dark = to_reflectance(np.full((4, 3, 3), 600, np.uint16), Radiometry.S2_DN_OFFSET, False)
+    assert "offset" in implausibility(dark, np.ones((3, 3), bool))
+
+
+def test_negative_reflectance_is_clipped_to_zero_and_nan_kept():
+    values = np.array([[[-0.02, 0.1, np.nan]]], dtype=np.float32)
+    out = to_reflectance(values, Radiometry.REFLECTANCE, True)
+    assert out[0, 0, 0] == 0.0 and out[0, 0, 1] == np.float32(0.1) and np.isnan(out[0, 0, 2])
