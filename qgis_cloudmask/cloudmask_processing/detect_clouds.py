@@ -333,16 +333,21 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             f"(value + {offset:g}) x {scale:g}; {plan.n_tiles} tile(s) of {mi.tile_size} px, "
             f"overlap {overlap} px, threshold {threshold:g}, batch {batch_size}."
         )
-        read_rows = inference.reflectance_reader(
+        read_reflectance = inference.reflectance_reader(
             raster_io.raw_reader(ds, bands),
             [info.nodata[b - 1] for b in bands],
             mode,
             info.is_float,
         )
-        first = min(info.height, mi.tile_size)
-        warning = radiometry.implausibility(*read_rows(0, first))
-        if warning:
-            feedback.pushWarning(warning)
+
+        def read_rows(y0: int, y1: int):
+            """The reader, checking the first strip's values look like reflectance."""
+            refl, valid = read_reflectance(y0, y1)
+            if y0 == 0:
+                warning = radiometry.implausibility(refl, valid)
+                if warning:
+                    feedback.pushWarning(warning)
+            return refl, valid
 
         try:
             with raster_io.OutputRasters(info, mask_path, prob_path or None) as out:
@@ -373,9 +378,13 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                     time.perf_counter() - started,
                 )
                 stats_temp = self._write_json_temp(stats_path, result_stats) if stats_path else None
-                out.commit()
-                if stats_temp:
-                    os.replace(stats_temp, stats_path)
+                try:
+                    out.commit()
+                    if stats_temp:
+                        os.replace(stats_temp, stats_path)
+                finally:
+                    if stats_temp and os.path.exists(stats_temp):
+                        os.remove(stats_temp)
         except inference.Cancelled:
             raise QgsProcessingException("Cancelled by the user: no output was written.") from None
         except raster_io.RasterError as exc:

@@ -191,3 +191,18 @@ def test_bundled_model_is_used_when_model_is_not_given(
     src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
     res = run_alg({"INPUT": src, "MODEL": None, "OUTPUT": str(tmp_path / "m.tif")})
     assert res["MODEL_NAME"] == "test-blue-sigmoid 0.0.1"
+
+
+def test_float_raster_holding_dn_gets_a_radiometry_warning(run_alg, scene, tmp_path):
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def pushWarning(self, text):  # noqa: N802
+            self.warnings.append(text)
+
+    fb = Recorder()
+    src = synthetic.write_geotiff(tmp_path / "dn.tif", scene.astype(np.float32))
+    run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "m.tif")}, feedback=fb)
+    assert len(fb.warnings) == 1 and "digital numbers" in fb.warnings[0]
