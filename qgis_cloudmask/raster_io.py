@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-from osgeo import gdal
+from osgeo import gdal, osr
 
 from qgis_cloudmask.core.inference import PROBABILITY_NODATA
 from qgis_cloudmask.core.stats import CLOUD, NODATA
@@ -53,17 +53,60 @@ class RasterInfo:
         gt = self.geotransform
         return abs(gt[1] * gt[5] - gt[2] * gt[4])
 
+    def with_nodata(self, value: float) -> RasterInfo:
+        """The same raster with ``value`` as every band's nodata (e.g. a product's 0)."""
+        return replace(self, nodata=(value,) * self.band_count)
 
-def open_raster(path: str) -> tuple[gdal.Dataset, RasterInfo]:
-    """Open a raster read-only and describe it."""
-    try:
-        ds = gdal.Open(path, gdal.GA_ReadOnly)
-    except RuntimeError as exc:
-        raise RasterError(f"GDAL cannot open '{path}': {exc}") from exc
-    if ds is None:
-        raise RasterError(f"GDAL cannot open '{path}'.")
+    @property
+    def spatial_ref(self) -> osr.SpatialReference | None:
+        if not self.projection:
+            return None
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(self.projection)
+        return srs
+
+    @property
+    def crs_id(self) -> str:
+        """``EPSG:32633`` style identifier ('' without CRS; the CRS name when it has no code)."""
+        srs = self.spatial_ref
+        if srs is None:
+            return ""
+        srs.AutoIdentifyEPSG()
+        for node in (None, "PROJCS", "GEOGCS"):
+            name, code = srs.GetAuthorityName(node), srs.GetAuthorityCode(node)
+            if name and code:
+                return f"{name}:{code}"
+        return srs.GetName() or "unknown CRS"
+
+    @property
+    def area_unit(self) -> str:
+        """The unit of areas computed from the geotransform, in words (as QGIS writes them)."""
+        srs = self.spatial_ref
+        if srs is None:
+            return "square pixels (the raster has no CRS)"
+        if srs.IsGeographic():
+            return "square degrees"
+        metres = srs.GetLinearUnits()
+        for factor, name in AREA_UNITS:
+            if abs(metres - factor) < 1e-9 * max(factor, 1.0):
+                return name
+        return f"square map units ({srs.GetLinearUnitsName()})"
+
+
+#: metres per linear unit -> area unit in words
+AREA_UNITS = (
+    (1.0, "square meters"),
+    (1000.0, "square kilometers"),
+    (0.3048, "square feet"),
+    (1200.0 / 3937.0, "square feet"),  # US survey foot
+    (0.9144, "square yards"),
+)
+
+
+def describe(ds: gdal.Dataset, path: str) -> RasterInfo:
+    """What the pipeline needs to know of an open dataset."""
     bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
-    info = RasterInfo(
+    return RasterInfo(
         path=path,
         width=ds.RasterXSize,
         height=ds.RasterYSize,
@@ -73,7 +116,17 @@ def open_raster(path: str) -> tuple[gdal.Dataset, RasterInfo]:
         geotransform=tuple(ds.GetGeoTransform()),
         projection=ds.GetProjection(),
     )
-    return ds, info
+
+
+def open_raster(path: str) -> tuple[gdal.Dataset, RasterInfo]:
+    """Open a plain raster read-only and describe it (products: :mod:`qgis_cloudmask.sources`)."""
+    try:
+        ds = gdal.Open(path, gdal.GA_ReadOnly)
+    except RuntimeError as exc:
+        raise RasterError(f"GDAL cannot open '{path}': {exc}") from exc
+    if ds is None:
+        raise RasterError(f"GDAL cannot open '{path}'.")
+    return ds, describe(ds, path)
 
 
 def raw_reader(ds: gdal.Dataset, bands: list[int]):

@@ -89,7 +89,7 @@ def read_reflectance(
         raise ValueError(f"{path}: expected at least {len(file_bands)} bands, got {raw.shape[0]}")
     raw = raw[: len(file_bands)]
     valid = radiometry.valid_pixels(raw, nodata_values(path)[: len(file_bands)])
-    refl = radiometry.to_reflectance(raw, mode, np.issubdtype(raw.dtype, np.floating))
+    refl = radiometry.to_reflectance(raw, radiometry.Conversion.for_mode(mode, len(file_bands)))
     refl = refl[band_index(file_bands, contract.DEFAULT_BANDS)]
     refl[:, ~valid] = 0.0
     return np.ascontiguousarray(refl), valid

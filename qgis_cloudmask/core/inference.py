@@ -57,15 +57,14 @@ class TilingPlan:
 def reflectance_reader(
     read_raw: ReadRaw,
     nodata: Sequence[float | None],
-    mode: radiometry.Radiometry,
-    is_float: bool,
+    conversion: radiometry.Conversion,
 ) -> ReadRows:
     """Wrap a raw-value reader: flag nodata, convert to reflectance, fill nodata with 0."""
 
     def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
         raw = read_raw(y0, y1)
         valid = radiometry.valid_pixels(raw, list(nodata))
-        refl = radiometry.to_reflectance(raw, mode, is_float)
+        refl = radiometry.to_reflectance(raw, conversion)
         refl[:, ~valid] = 0.0
         return refl, valid
 

@@ -110,9 +110,9 @@ def test_model_breaking_the_contract_names_the_missing_key(run_alg, s2, workdir,
 
 
 def test_no_bundled_model_and_none_given(run_alg, s2, workdir, monkeypatch):
-    from qgis_cloudmask.cloudmask_processing import detect_clouds
+    from qgis_cloudmask import pipeline
 
-    monkeypatch.setattr(detect_clouds, "BUNDLED_MODEL_CANDIDATES", ())
+    monkeypatch.setattr(pipeline, "BUNDLED_MODEL_CANDIDATES", ())
     fails(
         run_alg,
         {"INPUT": s2, "MODEL": None, **out(workdir)},

@@ -185,24 +185,41 @@ def test_progress_is_reported(run_alg, scene, tmp_path):
 def test_bundled_model_is_used_when_model_is_not_given(
     run_alg, scene, tmp_path, monkeypatch, pixel_model
 ):
-    from qgis_cloudmask.cloudmask_processing import detect_clouds
+    from qgis_cloudmask import pipeline
 
-    monkeypatch.setattr(detect_clouds, "BUNDLED_MODEL_CANDIDATES", (str(pixel_model),))
+    monkeypatch.setattr(pipeline, "BUNDLED_MODEL_CANDIDATES", (str(pixel_model),))
     src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
     res = run_alg({"INPUT": src, "MODEL": None, "OUTPUT": str(tmp_path / "m.tif")})
     assert res["MODEL_NAME"] == "test-blue-sigmoid 0.0.1"
 
 
-def test_float_raster_holding_dn_gets_a_radiometry_warning(run_alg, scene, tmp_path):
-    class Recorder(QgsProcessingFeedback):
-        def __init__(self):
-            super().__init__()
-            self.warnings = []
+class WarningRecorder(QgsProcessingFeedback):
+    def __init__(self):
+        super().__init__()
+        self.warnings = []
+        self.infos = []
 
-        def pushWarning(self, text):  # noqa: N802
-            self.warnings.append(text)
+    def pushWarning(self, text):  # noqa: N802
+        self.warnings.append(text)
 
-    fb = Recorder()
+    def pushInfo(self, text):  # noqa: N802
+        self.infos.append(text)
+
+
+def test_float_raster_holding_dn_is_read_as_dn_automatically(run_alg, scene, tmp_path):
+    fb = WarningRecorder()
     src = synthetic.write_geotiff(tmp_path / "dn.tif", scene.astype(np.float32))
-    run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "m.tif")}, feedback=fb)
-    assert len(fb.warnings) == 1 and "digital numbers" in fb.warnings[0]
+    _, mask, prob = run_and_read(run_alg, src, tmp_path)
+    assert_matches(mask, prob, scene[0])
+    run_alg({"INPUT": src, "OUTPUT": str(tmp_path / "m2.tif")}, feedback=fb)
+    assert not fb.warnings
+    assert any("float values holding DN" in line for line in fb.infos)
+
+
+def test_explicit_reflectance_on_dn_data_is_warned_about(run_alg, scene, tmp_path):
+    fb = WarningRecorder()
+    src = synthetic.write_geotiff(tmp_path / "dn.tif", scene.astype(np.float32))
+    run_alg({"INPUT": src, "RADIOMETRY": 3, "OUTPUT": str(tmp_path / "m.tif")}, feedback=fb)
+    assert len(fb.warnings) == 1
+    assert "RADIOMETRY is set to 'Reflectance" in fb.warnings[0]
+    assert "RADIOMETRY=0" in fb.warnings[0]

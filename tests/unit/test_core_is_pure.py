@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-CORE = ["contract", "model", "tiling", "radiometry", "stats", "inference"]
+CORE = ["contract", "model", "tiling", "radiometry", "stats", "inference", "bands", "sentinel2"]
 
 
 def test_core_modules_import_neither_qgis_nor_osgeo():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from qgis_cloudmask.core.radiometry import (
+    Conversion,
     Radiometry,
-    implausibility,
     to_reflectance,
     valid_pixels,
 )
@@ -14,28 +14,33 @@ DN = np.array([[[0, 1000, 2500, 10000, 65535]]], dtype=np.uint16)
 
 
 @pytest.mark.parametrize(
-    ("mode", "is_float", "expected"),
+    ("mode", "expected"),
     [
-        (Radiometry.AUTOMATIC, False, [0.0, 0.1, 0.25, 1.0, 6.5535]),
-        (Radiometry.S2_DN, False, [0.0, 0.1, 0.25, 1.0, 6.5535]),
-        (Radiometry.S2_DN_OFFSET, False, [0.0, 0.0, 0.15, 0.9, 6.4535]),  # clipped at 0
-        (Radiometry.REFLECTANCE, False, [0.0, 1000.0, 2500.0, 10000.0, 65535.0]),
+        (Radiometry.S2_DN, [0.0, 0.1, 0.25, 1.0, 6.5535]),
+        (Radiometry.S2_DN_OFFSET, [0.0, 0.0, 0.15, 0.9, 6.4535]),  # clipped at 0
+        (Radiometry.REFLECTANCE, [0.0, 1000.0, 2500.0, 10000.0, 65535.0]),
     ],
 )
-def test_dn_conversions(mode, is_float, expected):
-    out = to_reflectance(DN, mode, is_float)
+def test_dn_conversions(mode, expected):
+    out = to_reflectance(DN, Conversion.for_mode(mode, 1))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out.ravel(), expected, rtol=1e-6, atol=1e-7)
 
 
-def test_automatic_passes_float_reflectance_through_unscaled():
-    values = np.array([[[0.05, 0.3, 1.2]]], dtype=np.float32)
-    np.testing.assert_array_equal(to_reflectance(values, Radiometry.AUTOMATIC, True), values)
+def test_automatic_has_no_fixed_conversion_it_is_decided():
+    with pytest.raises(ValueError, match="decided"):
+        Conversion.for_mode(Radiometry.AUTOMATIC)
+
+
+def test_per_channel_scale_and_offset():
+    values = np.full((2, 1, 1), 2000, np.uint16)
+    out = to_reflectance(values, Conversion((1e-4, 2e-4), (-1000.0, 0.0)))
+    np.testing.assert_allclose(out.ravel(), [0.1, 0.4], rtol=1e-6)
 
 
 def test_conversion_does_not_modify_its_input():
     values = DN.copy()
-    to_reflectance(values, Radiometry.S2_DN_OFFSET, False)
+    to_reflectance(values, Conversion.for_mode(Radiometry.S2_DN_OFFSET, 1))
     np.testing.assert_array_equal(values, DN)
 
 
@@ -59,15 +64,7 @@ def test_nan_declared_as_nodata_is_handled():
     np.testing.assert_array_equal(valid_pixels(v, [float("nan")])[0], [False, True])
 
 
-def test_dn_read_as_reflectance_raises_a_plausibility_warning():
-    refl = np.full((4, 3, 3), 1500.0, dtype=np.float32)
-    assert "digital numbers" in implausibility(refl, np.ones((3, 3), bool))
-    assert implausibility(refl / 10000, np.ones((3, 3), bool)) is None
-    dark = to_reflectance(np.full((4, 3, 3), 600, np.uint16), Radiometry.S2_DN_OFFSET, False)
-    assert "offset" in implausibility(dark, np.ones((3, 3), bool))
-
-
 def test_negative_reflectance_is_clipped_to_zero_and_nan_kept():
     values = np.array([[[-0.02, 0.1, np.nan]]], dtype=np.float32)
-    out = to_reflectance(values, Radiometry.REFLECTANCE, True)
+    out = to_reflectance(values, Conversion.for_mode(Radiometry.REFLECTANCE, 1))
     assert out[0, 0, 0] == 0.0 and out[0, 0, 1] == np.float32(0.1) and np.isnan(out[0, 0, 2])

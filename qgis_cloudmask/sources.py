@@ -1,0 +1,283 @@
+"""Open what users download: plain rasters and Sentinel-2 products (GDAL only, no QGIS).
+
+Accepted inputs:
+
+- anything GDAL opens as a raster (GeoTIFF, JP2, VRT, ``/vsizip/...``);
+- a Sentinel-2 product: the ``.SAFE`` folder, its ``.zip`` (whatever the zip is called), the
+  product metadata ``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``, or a GDAL subdataset string such as
+  ``SENTINEL2_L2A:/path/MTD_MSIL2A.xml:10m:EPSG_32633`` (what QGIS puts in a layer's source).
+  Products are read through GDAL's SENTINEL2 driver, 10 m subdataset (B4, B3, B2, B8), on its
+  10 m grid and CRS, with the product's nodata value (0) honoured.
+
+Besides the dataset, a :class:`Source` carries what the raster says about itself: texts that may
+name each band (descriptions, metadata, source file names) and the radiometric facts
+(:class:`radiometry.Facts`) that the pipeline decides on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal
+
+from qgis_cloudmask.core import radiometry, sentinel2
+from qgis_cloudmask.raster_io import RasterError, RasterInfo, describe
+
+gdal.UseExceptions()
+
+PRODUCT_XML_NAMES = ("MTD_MSIL1C.xml", "MTD_MSIL2A.xml")
+_SUBDATASET = re.compile(r"^SENTINEL2_L(1C|2A):(.+):(10m|20m|60m|TCI):(EPSG_\d+)$", re.I)
+#: Most pixels read to decide the radiometry from the data (a decimated first pass).
+SAMPLE_PIXELS = 1_000_000
+
+
+@dataclass
+class Source:
+    """An opened input: the GDAL dataset and what it says about its bands and radiometry."""
+
+    given: str  # what the user gave
+    opened: str  # what GDAL opened (a subdataset string for products)
+    dataset: gdal.Dataset
+    info: RasterInfo
+    kind: str  # "raster" or e.g. "Sentinel-2 L2A product"
+    band_labels: list[list[str]] = field(default_factory=list)
+    product: dict[str, str] = field(default_factory=dict)  # level, baseline, name ...
+
+    def describe(self) -> str:
+        if self.kind == "raster":
+            return f"raster '{self.given}'"
+        bits = ", ".join(f"{k} {v}" for k, v in self.product.items() if k != "name")
+        return f"{self.kind} '{self.product.get('name', self.given)}' ({bits}), 10 m bands"
+
+
+def is_product_reference(path: str) -> bool:
+    """Whether ``path`` names a Sentinel-2 product form this module resolves itself."""
+    if _SUBDATASET.match(path.strip()):
+        return True
+    p = Path(path)
+    if p.is_dir():
+        return any((p / name).is_file() for name in PRODUCT_XML_NAMES)
+    if p.name in PRODUCT_XML_NAMES:
+        return True
+    return p.suffix.lower() == ".zip" and p.is_file() and _xml_in_zip(str(p)) is not None
+
+
+def _xml_in_zip(path: str) -> str | None:
+    """The ``/vsizip/`` path of the product metadata inside a product zip, if any."""
+    root = f"/vsizip/{os.path.abspath(path)}"
+    try:
+        entries = gdal.ReadDirRecursive(root) or []
+    except RuntimeError:
+        return None
+    found = sorted(e for e in entries if Path(e).name in PRODUCT_XML_NAMES and e.count("/") <= 1)
+    return f"{root}/{found[0]}" if found else None
+
+
+def _product_xml(path: str) -> str | None:
+    """The product metadata XML for a .SAFE folder, a product zip or the XML itself."""
+    p = Path(path)
+    if p.is_dir():
+        for name in PRODUCT_XML_NAMES:
+            if (p / name).is_file():
+                return str(p / name)
+        return None
+    if p.name in PRODUCT_XML_NAMES:
+        return str(p)
+    if p.suffix.lower() == ".zip" and p.is_file():
+        return _xml_in_zip(path)
+    return None
+
+
+def _open(path: str, what: str) -> gdal.Dataset:
+    try:
+        ds = gdal.Open(path, gdal.GA_ReadOnly)
+    except RuntimeError as exc:
+        raise RasterError(f"GDAL cannot open {what}: {exc}") from exc
+    if ds is None:
+        raise RasterError(f"GDAL cannot open {what}.")
+    return ds
+
+
+def _ten_metre_subdataset(xml: str, given: str) -> str:
+    ds = _open(xml, f"the Sentinel-2 product metadata '{xml}'")
+    subs = ds.GetMetadata("SUBDATASETS") or {}
+    names = [v for k, v in sorted(subs.items()) if k.endswith("_NAME")]
+    ten = [n for n in names if ":10m:" in n]
+    if not ten:
+        raise RasterError(
+            f"The Sentinel-2 product '{given}' has no 10 m subdataset (B02, B03, B04, B08) "
+            f"that GDAL can read; it lists: {', '.join(names) or 'nothing'}."
+        )
+    if len(ten) > 1:
+        raise RasterError(
+            f"The Sentinel-2 product '{given}' covers several UTM zones; give one of its 10 m "
+            f"subdatasets as the input: {'; '.join(ten)}."
+        )
+    return ten[0]
+
+
+def _check_subdataset(name: str) -> None:
+    m = _SUBDATASET.match(name.strip())
+    if m and m.group(3).lower() != "10m":
+        ten = f"SENTINEL2_L{m.group(1)}:{m.group(2)}:10m:{m.group(4)}"
+        raise RasterError(
+            f"The input '{name}' is the {m.group(3)} subdataset of a Sentinel-2 product; the "
+            f"cloud model needs B02, B03, B04 and B08 at 10 m. Use the 10 m subdataset: '{ten}'."
+        )
+
+
+def open_source(path: str) -> Source:
+    """Open a plain raster or a Sentinel-2 product (see the module docstring)."""
+    given = str(path).strip()
+    if not given:
+        raise RasterError("No input raster was given.")
+    kind = "raster"
+    opened = given
+    if _SUBDATASET.match(given):
+        _check_subdataset(given)
+        kind = "product"
+    else:
+        xml = _product_xml(given)
+        if xml is not None:
+            opened = _ten_metre_subdataset(xml, given)
+            kind = "product"
+        elif os.path.isdir(given):
+            raise RasterError(
+                f"The input '{given}' is a folder, but neither a raster nor a Sentinel-2 .SAFE "
+                f"product (no {' or '.join(PRODUCT_XML_NAMES)} inside)."
+            )
+        elif not given.startswith("/vsi") and not os.path.exists(given):
+            raise RasterError(f"The input '{given}' does not exist.")
+    ds = _open(opened, f"'{opened}'")
+    if ds.RasterCount == 0:
+        subs = [v for k, v in sorted((ds.GetMetadata("SUBDATASETS") or {}).items()) if "NAME" in k]
+        if subs:
+            raise RasterError(
+                f"'{given}' is a container of {len(subs)} subdatasets, not a raster; give one of "
+                f"them as the input: {'; '.join(subs[:6])}{' ...' if len(subs) > 6 else ''}."
+            )
+        raise RasterError(f"'{given}' holds no raster band.")
+    info = describe(ds, opened)
+    product: dict[str, str] = {}
+    if kind == "product":
+        meta = ds.GetMetadata() or {}
+        level = "L1C" if opened.upper().startswith("SENTINEL2_L1C") else "L2A"
+        kind = f"Sentinel-2 {level} product"
+        product = {"level": level}
+        if meta.get("PROCESSING_BASELINE"):
+            product["baseline"] = meta["PROCESSING_BASELINE"]
+        uri = meta.get("PRODUCT_URI", "")
+        product["name"] = uri[:-5] if uri.upper().endswith(".SAFE") else (uri or given)
+        nodata = meta.get("SPECIAL_VALUE_NODATA")
+        if nodata is not None and all(v is None for v in info.nodata):
+            info = info.with_nodata(float(nodata))
+    labels = [_band_labels(ds.GetRasterBand(i + 1)) for i in range(ds.RasterCount)]
+    return Source(given, opened, ds, info, kind, labels, product)
+
+
+def _band_labels(band: gdal.Band) -> list[str]:
+    """Texts that may name a band: description, common metadata items, VRT source file."""
+    texts = [band.GetDescription() or ""]
+    meta = band.GetMetadata() or {}
+    for key in ("BANDNAME", "band_name", "NAME", "DESCRIPTION", "STATISTICS_NAME"):
+        if meta.get(key):
+            texts.append(meta[key])
+    try:
+        sources = band.GetMetadata("vrt_sources") or {}
+    except RuntimeError:
+        sources = {}
+    for xml in sources.values():
+        m = re.search(r"<SourceFilename[^>]*>([^<]+)</SourceFilename>", xml)
+        if m:
+            texts.append(os.path.basename(m.group(1)))
+    return [t for t in texts if t]
+
+
+def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXELS):
+    """A decimated read of ``bands`` (nearest neighbour, at most ``max_pixels``):
+    ``(values bands x h x w, valid h x w)`` for deciding the radiometry from the data."""
+    ds, info = source.dataset, source.info
+    step = max(1.0, float(np.sqrt(info.width * info.height / max_pixels)))
+    w = max(1, int(info.width / step))
+    h = max(1, int(info.height / step))
+    try:
+        arr = ds.ReadAsArray(
+            0,
+            0,
+            info.width,
+            info.height,
+            buf_xsize=w,
+            buf_ysize=h,
+            band_list=bands,
+            resample_alg=gdal.GRIORA_NearestNeighbour,
+        )
+    except RuntimeError as exc:
+        raise RasterError(f"Reading '{source.given}' failed: {exc}") from exc
+    arr = np.asarray(arr).reshape(len(bands), h, w)
+    valid = radiometry.valid_pixels(arr, [info.nodata[b - 1] for b in bands])
+    return arr, valid
+
+
+def radiometry_facts(source: Source, bands: list[int], channel_names) -> radiometry.Facts:
+    """Everything ``source`` says about its radiometry, for the ``bands`` fed to the model
+    (in the model's channel order, named ``channel_names``)."""
+    ds = source.dataset
+    meta = ds.GetMetadata() or {}
+    values, valid = read_sample(source, bands)
+    sample = radiometry.DataSample.from_pixels(values, valid)
+    declared = []
+    for b in bands:
+        band = ds.GetRasterBand(b)
+        scale, offset = band.GetScale(), band.GetOffset()
+        scale = 1.0 if scale is None else float(scale)
+        offset = 0.0 if offset is None else float(offset)
+        declared.append(None if (scale, offset) == (1.0, 0.0) else (scale, offset))
+    names = tuple(channel_names)
+    quant = meta.get("QUANTIFICATION_VALUE") or meta.get("BOA_QUANTIFICATION_VALUE")
+    try:
+        quantification = float(quant) if quant else None
+    except ValueError:
+        quantification = None
+    baseline = sentinel2.parse_baseline(meta.get("PROCESSING_BASELINE"))
+    baseline_source = "raster metadata PROCESSING_BASELINE" if baseline else ""
+    product_offsets = None
+    if source.kind != "raster":
+        xml = (ds.GetMetadata("xml:SENTINEL2") or [""])[0]
+        product_offsets = sentinel2.product_offsets(xml)
+        baseline_source = "product metadata"
+    date = None
+    date_source = ""
+    if baseline is None or product_offsets is None:
+        for text in _name_texts(source):
+            facts = sentinel2.product_name_facts(text)
+            if baseline is None and facts.get("baseline"):
+                baseline = sentinel2.parse_baseline(facts["baseline"])
+                baseline_source = f"file name '{facts['name']}'"
+            if date is None and facts.get("date"):
+                date, date_source = facts["date"], f"file name '{facts['name']}'"
+    return radiometry.Facts(
+        is_float=source.info.is_float,
+        channel_names=names,
+        declared=tuple(declared),
+        product_offsets=product_offsets,
+        quantification=quantification,
+        baseline=baseline,
+        baseline_source=baseline_source,
+        date=date,
+        date_source=date_source,
+        sample=sample,
+    )
+
+
+def _name_texts(source: Source) -> list[str]:
+    """File names and metadata values that may carry a product name or an acquisition date."""
+    meta = source.dataset.GetMetadata() or {}
+    texts = [os.path.basename(source.given), source.given]
+    texts += [meta.get(k, "") for k in ("PRODUCT_URI", "PRODUCT_ID", "product_id", "DATATAKE")]
+    for labels in source.band_labels:
+        texts += labels
+    return [t for t in texts if t]
