@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,29 +173,52 @@ def open_source(path: str) -> Source:
             product["baseline"] = meta["PROCESSING_BASELINE"]
         uri = meta.get("PRODUCT_URI", "")
         product["name"] = uri[:-5] if uri.upper().endswith(".SAFE") else (uri or given)
-        nodata = meta.get("SPECIAL_VALUE_NODATA")
-        if nodata is not None and all(v is None for v in info.nodata):
-            info = info.with_nodata(float(nodata))
-    labels = [_band_labels(ds.GetRasterBand(i + 1)) for i in range(ds.RasterCount)]
+    # a product's fill value, also kept by gdal_translate in the GeoTIFF's metadata
+    special = (ds.GetMetadata() or {}).get("SPECIAL_VALUE_NODATA")
+    if special is not None and all(v is None for v in info.nodata):
+        try:
+            info = info.with_nodata(float(special))
+        except ValueError:
+            pass
+    vrt_files = _vrt_source_files(ds)
+    labels = [
+        _band_labels(ds.GetRasterBand(i + 1)) + vrt_files.get(i + 1, [])
+        for i in range(ds.RasterCount)
+    ]
     return Source(given, opened, ds, info, kind, labels, product)
 
 
 def _band_labels(band: gdal.Band) -> list[str]:
-    """Texts that may name a band: description, common metadata items, VRT source file."""
+    """Texts that may name a band: its description and common metadata items."""
     texts = [band.GetDescription() or ""]
     meta = band.GetMetadata() or {}
-    for key in ("BANDNAME", "band_name", "NAME", "DESCRIPTION", "STATISTICS_NAME"):
+    for key in ("BANDNAME", "band_name", "NAME", "DESCRIPTION"):
         if meta.get(key):
             texts.append(meta[key])
-    try:
-        sources = band.GetMetadata("vrt_sources") or {}
-    except RuntimeError:
-        sources = {}
-    for xml in sources.values():
-        m = re.search(r"<SourceFilename[^>]*>([^<]+)</SourceFilename>", xml)
-        if m:
-            texts.append(os.path.basename(m.group(1)))
     return [t for t in texts if t]
+
+
+def _vrt_source_files(ds: gdal.Dataset) -> dict[int, list[str]]:
+    """Band -> file names of its sources, for a VRT file (``gdalbuildvrt -separate`` stacks
+    of ``..._B04_10m.jp2`` files). Read from the VRT's XML: the ``vrt_sources`` metadata domain
+    crashes GDAL 3.6 on some virtual datasets (the SENTINEL2 driver's)."""
+    if ds.GetDriver().ShortName != "VRT":
+        return {}
+    xml = (ds.GetMetadata("xml:VRT") or [""])[0]
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    files: dict[int, list[str]] = {}
+    for band in root.iter("VRTRasterBand"):
+        try:
+            n = int(band.get("band", "0"))
+        except ValueError:
+            continue
+        for src in band.iter("SourceFilename"):
+            if src.text:
+                files.setdefault(n, []).append(os.path.basename(src.text.strip()))
+    return files
 
 
 def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXELS):

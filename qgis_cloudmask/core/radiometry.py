@@ -276,7 +276,7 @@ def metadata_evidence(facts: Facts) -> Evidence | None:
         return Evidence(
             conv,
             "product metadata",
-            f"Sentinel-2 product metadata: {baseline}quantification {q:g}, {offset_text}",
+            f"{baseline}quantification {q:g}, {offset_text}",
             warnings=warnings,
         )
     if any(d is not None for d in facts.declared):

@@ -1,0 +1,249 @@
+"""``python -m qgis_cloudmask``: the headless pipeline on the command line (no QGIS needed).
+
+Subcommands (more can be added beside ``mask``)::
+
+    python -m qgis_cloudmask mask INPUT OUTPUT [options]
+
+Exit codes: 0 ok, 1 the run failed (the message is the one the Processing algorithm gives),
+2 bad usage (unknown option, a value of the wrong type, parameters the input contradicts),
+130 interrupted with Ctrl-C (no output written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from qgis_cloudmask.core import bands as band_choice
+from qgis_cloudmask.core import radiometry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+RADIOMETRY_BY_NAME = {name: mode for mode, name in radiometry.OPTION_NAMES.items()}
+
+
+def _radiometry(text: str) -> radiometry.Radiometry:
+    key = text.strip().lower()
+    if key.isdigit() and int(key) in {int(m) for m in radiometry.Radiometry}:
+        return radiometry.Radiometry(int(key))
+    if key in RADIOMETRY_BY_NAME:
+        return RADIOMETRY_BY_NAME[key]
+    raise argparse.ArgumentTypeError(
+        f"invalid choice {text!r} (choose from {', '.join(RADIOMETRY_BY_NAME)}, or 0-3)"
+    )
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _band(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a band number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"bands are numbered from 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m qgis_cloudmask",
+        description="Cloud masks of Sentinel-2 imagery with a deep-learning model (ONNX).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    mask = sub.add_parser(
+        "mask",
+        help="mask clouds in one raster or Sentinel-2 product",
+        description=(
+            "Mask clouds in one raster or Sentinel-2 product, exactly as the QGIS algorithm "
+            "cloudmask:detectclouds does. INPUT: a raster GDAL reads, or a Sentinel-2 product "
+            "(.SAFE folder, .zip, MTD_MSIL1C.xml / MTD_MSIL2A.xml, or a SENTINEL2_... "
+            "subdataset). OUTPUT: the mask GeoTIFF (1 = cloud, 0 = clear, 255 = nodata)."
+        ),
+        epilog=(
+            "Bands and radiometry are automatic unless set; every automatic decision and its "
+            "reason is printed (and in --stats / --json). Exit codes: 0 ok, 1 failed, 2 bad "
+            "usage, 130 interrupted."
+        ),
+    )
+    mask.add_argument("input", metavar="INPUT", help="raster or Sentinel-2 product")
+    mask.add_argument("output", metavar="OUTPUT", help="cloud mask GeoTIFF to write (.tif)")
+    for role in band_choice.ROLES:
+        mask.add_argument(
+            band_choice.OPTION[role],
+            type=_band,
+            metavar="N",
+            dest=f"{role}_band",
+            help=f"band holding {band_choice.ROLE_LABEL[role]} "
+            f"({band_choice.ROLE_BAND[role]}); default: automatic",
+        )
+    mask.add_argument(
+        "--radiometry",
+        type=_radiometry,
+        default=radiometry.Radiometry.AUTOMATIC,
+        metavar="MODE",
+        help="how values become reflectance: "
+        + "; ".join(
+            f"{name} ({int(mode)}) = {radiometry.LABELS[mode]}"
+            for mode, name in radiometry.OPTION_NAMES.items()
+        )
+        + ". Default: auto",
+    )
+    mask.add_argument("--model", metavar="ONNX", help="ONNX model (default: the bundled model)")
+    mask.add_argument(
+        "--overlap", type=_non_negative, metavar="PX", help="tile overlap (default: the model's)"
+    )
+    mask.add_argument(
+        "--threshold",
+        type=_probability,
+        metavar="P",
+        help="cloud probability threshold 0-1 (default: the model's)",
+    )
+    mask.add_argument(
+        "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (4)"
+    )
+    mask.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime threads")
+    mask.add_argument("--probability", metavar="PATH", help="also write the cloud probability")
+    mask.add_argument("--stats", metavar="PATH", help="also write the statistics JSON")
+    mask.add_argument(
+        "--json", action="store_true", help="print the statistics and settings as JSON"
+    )
+    mask.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no log lines")
+    return parser
+
+
+class _ConsoleReporter:
+    """A :class:`pipeline.Reporter` for the console: log lines and warnings on stderr, a tqdm
+    progress bar when tqdm is installed."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar = None
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            self._write(text)
+
+    def warning(self, text: str) -> None:
+        self._write(f"WARNING: {text}")
+
+    def progress(self, fraction: float) -> None:
+        if self.quiet:
+            return
+        if self._bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self._bar = tqdm(
+                total=100,
+                desc="masking",
+                file=sys.stderr,
+                leave=False,
+                disable=None,  # no bar when stderr is not a terminal
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+            )
+        self._bar.n = round(100 * fraction, 1)
+        self._bar.refresh()
+
+    def canceled(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _mask(args: argparse.Namespace) -> int:
+    from qgis_cloudmask import pipeline
+
+    request = pipeline.MaskRequest(
+        input=args.input,
+        output=args.output,
+        probability=args.probability,
+        stats=args.stats,
+        bands={role: getattr(args, f"{role}_band") for role in band_choice.ROLES},
+        radiometry=args.radiometry,
+        model=args.model,
+        overlap=args.overlap,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        threads=args.threads,
+    )
+    reporter = _ConsoleReporter(args.quiet)
+    try:
+        result = pipeline.run(request, reporter)
+    except pipeline.ParameterError as exc:
+        reporter.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except pipeline.PipelineError as exc:
+        reporter.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        reporter.close()
+        print("interrupted: no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    reporter.close()
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        s = result.stats
+        print(f"cloud cover   {s.cloud_percent:.2f} % of valid pixels")
+        print(f"cloud pixels  {s.cloud_pixels}")
+        print(f"clear pixels  {s.clear_pixels}")
+        print(f"nodata pixels {s.nodata_pixels}")
+        print(f"cloud area    {result.cloud_area:g} {result.area_unit}")
+        print(f"model         {result.model_name}")
+        print(f"mask          {args.output}")
+        for key in ("probability", "stats"):
+            if getattr(args, key):
+                print(f"{key:<13} {getattr(args, key)}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2
+        return int(exc.code or 0)
+    if args.command == "mask":
+        return _mask(args)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
+    return EXIT_USAGE
