@@ -32,7 +32,8 @@ def test_pipeline_runs_without_qgis_imported(tmp_path, pixel_model):
     code = f"""
 import sys, json
 from qgis_cloudmask import pipeline
-res = pipeline.run(pipeline.MaskRequest({src!r}, {str(tmp_path / "m.tif")!r}, model={str(pixel_model)!r}))
+req = pipeline.MaskRequest({src!r}, {str(tmp_path / "m.tif")!r}, model={str(pixel_model)!r})
+res = pipeline.run(req)
 bad = sorted(m for m in sys.modules if m.split('.')[0] == 'qgis')
 print(json.dumps({{"bad": bad, "cloud": res.stats.cloud_pixels}}))
 """
