@@ -14,7 +14,15 @@ export QT_QPA_PLATFORM ?= offscreen
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
-setup: ## install QGIS (apt) and a venv with everything (idempotent)
+# The install step, done once: every target that needs the environment depends on this stamp,
+# so `make test` or `make demo` alone set a fresh machine up. It is redone when a requirements
+# or constraints file changes; `make setup` runs only this.
+STAMP := $(VENV)/.setup-done
+REQUIREMENTS := requirements.txt requirements-dev.txt requirements-train.txt constraints.txt
+
+setup: $(STAMP) ## install QGIS (apt) and a venv with everything (idempotent; skipped when done)
+
+$(STAMP): $(REQUIREMENTS)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
@@ -24,33 +32,34 @@ setup: ## install QGIS (apt) and a venv with everything (idempotent)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt -r requirements-train.txt
 	$(PY) -c "import qgis.core, osgeo.gdal, onnxruntime, torch; from training._torchvision_compat import smp; print('setup ok: QGIS', qgis.core.Qgis.QGIS_VERSION, '| onnxruntime', onnxruntime.__version__, '| torch', torch.__version__)"
+	@touch $@
 
-test: ## run the test suite (headless)
+test: $(STAMP) ## run the test suite (headless; sets the machine up first if needed)
 	$(PY) -m pytest
 
-lint: ## ruff lint + format check
+lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check qgis_cloudmask training tests
 	$(VENV)/bin/ruff format --check qgis_cloudmask training tests
 
-demo: ## run the algorithm end to end through qgis_process on a generated raster
+demo: $(STAMP) ## run the algorithm end to end through qgis_process on a generated raster
 	$(PY) -m tests.support.demo --out $(DEMO_DIR)
 
-bench: ## throughput and peak memory of the tiled inference
+bench: $(STAMP) ## throughput and peak memory of the tiled inference
 	$(PY) -m tests.support.bench
 
-package: ## build dist/qgis_cloudmask.zip, installable with "Install from ZIP"
+package: $(STAMP) ## build dist/qgis_cloudmask.zip, installable with "Install from ZIP"
 	$(PY) -m tests.support.package --out dist
 
-train: ## train the U-Net (config: training/configs/default.yaml)
+train: $(STAMP) ## train the U-Net (config: training/configs/default.yaml)
 	$(PY) -m training.train --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
-export: ## export the best checkpoint to models/cloudmask.onnx
+export: $(STAMP) ## export the best checkpoint to models/cloudmask.onnx
 	$(PY) -m training.export --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
-evaluate: ## IoU/F1/precision/recall of models/cloudmask.onnx vs the teacher on labelled chips
+evaluate: $(STAMP) ## IoU/F1/precision/recall of models/cloudmask.onnx vs the teacher on labelled chips
 	$(PY) -m training.evaluate --data-root $(SHARED_DATA)
 
-report: ## write docs/training-report.md with its figures
+report: $(STAMP) ## write docs/training-report.md with its figures
 	$(PY) -m training.report --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
 clean: ## remove build and test leftovers (keeps the venv)
