@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib gdal-bin
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo bench package train export evaluate report clean
+.PHONY: help setup test test-all lint demo bench survey package train export evaluate report clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ demo: $(STAMP) ## run the algorithm end to end through qgis_process on a generat
 
 bench: $(STAMP) ## throughput and peak memory of the tiled inference
 	$(PY) -m tests.support.bench
+
+survey: $(STAMP) ## automatic radiometry on the real scenes of ../shared vs their records -> docs/radiometry-survey.md
+	$(PY) -m tests.support.radiometry_survey --data-root $(SHARED_DATA)
 
 package: $(STAMP) ## build dist/qgis_cloudmask.zip, installable with "Install from ZIP"
 	$(PY) -m tests.support.package --out dist

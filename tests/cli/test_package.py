@@ -91,8 +91,9 @@ def test_demo_runs_end_to_end_and_writes_its_files(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CLOUD_PERCENT" in proc.stdout
+    assert "(DN - 1000) / 10000" in proc.stdout  # the product's offset, decided from its metadata
+    assert len(list(tmp_path.glob("S2B_MSIL2A_*.zip"))) == 1
     for name in (
-        "sample_s2.tif",
         "cloud_mask.tif",
         "cloud_probability.tif",
         "cloud_stats.json",

@@ -1,8 +1,9 @@
 """``make bench``: throughput and peak memory of the tiled inference, measured not assumed.
 
 Reference: the bare model on batches of tiles (no I/O, no tiling) in the same process. Each
-case then runs the full plugin path (GDAL windowed read -> tiles -> model -> blend -> GDAL
-write) in a fresh child process, so its peak RSS is its own. Figures are printed as
+case then runs the headless pipeline (open, decide bands and radiometry, load the model, GDAL
+windowed read -> tiles -> model -> blend -> GDAL write) in a fresh child process, so its peak RSS
+is its own. Figures are printed as
 megapixels/s, as a ratio to the reference, and peak RSS against raster size: memory should not
 grow with the raster's height.
 """
@@ -62,37 +63,29 @@ def reference_mpx_per_s(model_file: Path, batch: int, seconds: float = 3.0) -> f
 
 
 def child(raster: str, model_file: str, batch: int) -> None:
-    """Run the plugin's own path (minus the QGIS parameter layer) and print one JSON line."""
-    from qgis_cloudmask import raster_io
-    from qgis_cloudmask.core import inference, radiometry
-    from qgis_cloudmask.core.model import CloudModel
+    """Run the headless pipeline (what the algorithm and the command line run) and print one
+    JSON line. Timed: the whole run - open, decide bands and radiometry (decimated first pass),
+    load the model, read, infer, blend, write."""
+    from qgis_cloudmask import pipeline
 
-    model = CloudModel(model_file)
-    ds, info = raster_io.open_raster(raster)
-    bands = [3, 2, 1, 4]
-    plan = inference.TilingPlan(
-        info.height, info.width, model.info.tile_size, model.info.recommended_overlap
-    )
-    reader = inference.reflectance_reader(
-        raster_io.raw_reader(ds, bands),
-        [info.nodata[b - 1] for b in bands],
-        radiometry.Radiometry.AUTOMATIC,
-        info.is_float,
-    )
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        with raster_io.OutputRasters(info, f"{tmp}/m.tif", f"{tmp}/p.tif") as out:
-            inference.classify_raster(
-                model.predict, plan, model.info.threshold, batch, reader, out.write_rows
+        result = pipeline.run(
+            pipeline.MaskRequest(
+                raster,
+                f"{tmp}/m.tif",
+                probability=f"{tmp}/p.tif",
+                model=model_file,
+                batch_size=batch,
             )
-            out.commit()
+        )
     seconds = time.perf_counter() - start
     print(
         json.dumps(
             {
                 "seconds": seconds,
-                "mpx": info.width * info.height / 1e6,
+                "mpx": result.stats.total_pixels / 1e6,
                 "peak_rss_mb": peak_rss_mb(),
                 "rss_before_mb": rss_before,
             }
@@ -151,7 +144,7 @@ def main() -> int:
                 f"{r['peak_rss_mb']:12.0f}"
             )
             print(
-                f"{'':>12} (peak RSS after loading the model, before the run: "
+                f"{'':>12} (peak RSS before the run: "
                 f"{r['rss_before_mb']:.0f} MB)"
             ) if size == args.sizes.split(",")[0] else None
     print(

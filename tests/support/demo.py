@@ -1,8 +1,11 @@
 """``make demo``: the main job end to end, as a user runs it.
 
-Writes a deterministic Sentinel-2-like raster, runs ``cloudmask:detectclouds`` through
-``qgis_process`` with the bundled model, prints the statistics and writes the mask, the
-probability, the statistics JSON and a quicklook PNG (RGB | mask overlay) to the output folder.
+Writes a deterministic Sentinel-2 Level-2A product as users download it (a ``.zip`` holding the
+``.SAFE`` folder, processing baseline 05.09, so DN carry the +1000 offset), runs
+``cloudmask:detectclouds`` on the zip through ``qgis_process`` with the bundled model - bands and
+radiometry decided automatically from the product - prints the statistics and the decisions,
+and writes the mask, the probability, the statistics JSON and a quicklook PNG (RGB | mask
+overlay) to the output folder.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support import qgis_process, synthetic
+from tests.support import qgis_process, s2product, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "cloudmask.onnx"
@@ -52,7 +55,10 @@ def main() -> int:
 
     h, w = args.size
     scene = synthetic.sample_scene(h, w, seed=42)
-    src = synthetic.write_geotiff(out / "sample_s2.tif", scene)
+    product = s2product.write_product(
+        out, scene + 1000, level="L2A", baseline="05.09", date="20240612T100031", zip_it=True
+    )
+    src = product.zip
     if BUNDLED.is_file():
         model, note = BUNDLED, f"bundled model {BUNDLED.relative_to(REPO)}"
     else:
@@ -63,7 +69,7 @@ def main() -> int:
             "      The demo runs the real pipeline with a toy per-pixel model instead\n"
             "      (cloud = blue reflectance above 0.2); its mask is not a real cloud mask.\n"
         )
-    print(f"input : {src} ({h} x {w} px, 4 bands B02 B03 B04 B08, uint16 DN, EPSG:32633)")
+    print(f"input : {src.name} (Sentinel-2 L2A product zip, {h} x {w} px at 10 m, EPSG:32633)")
     print(f"model : {note}")
     params = {
         "INPUT": src,
@@ -95,14 +101,20 @@ def main() -> int:
     ):
         print(f"  {key:<14} {res[key]}")
     print(f"  run time       {stats['seconds']} s on {stats['model']['execution_provider']}")
+    print("\ndecided automatically:")
+    for key in ("input", "bands", "radiometry"):
+        setting = stats["settings"][key]
+        print(f"  {key:<10} {setting['value']}\n  {'':<10} ({setting['reason']})")
+    for warning in stats["warnings"]:
+        print(f"  WARNING: {warning}")
 
     from osgeo import gdal
 
     mask = gdal.Open(str(out / "cloud_mask.tif")).ReadAsArray()
     quicklook(scene, mask, out / "quicklook.png", f"{note}: {res['CLOUD_PERCENT']:.1f} % cloud")
     print(
-        f"\nwrote {out}/: sample_s2.tif cloud_mask.tif cloud_probability.tif "
-        "cloud_stats.json quicklook.png"
+        f"\nwrote {out}/: {src.name} ({product.safe.name}/) cloud_mask.tif "
+        "cloud_probability.tif cloud_stats.json quicklook.png"
     )
     return 0
 
