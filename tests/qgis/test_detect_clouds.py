@@ -223,3 +223,20 @@ def test_explicit_reflectance_on_dn_data_is_warned_about(run_alg, scene, tmp_pat
     assert len(fb.warnings) == 1
     assert "RADIOMETRY is set to 'Reflectance" in fb.warnings[0]
     assert "RADIOMETRY=0" in fb.warnings[0]
+
+
+def test_undecidable_radiometry_is_a_warning_naming_the_parameter(run_alg, scene, tmp_path):
+    """A plain stack with the +1000 offset and no metadata: the data cannot tell it from a
+    bright scene; the offset is assumed and the user is told which parameter to set."""
+    fb = WarningRecorder()
+    src = synthetic.write_geotiff(tmp_path / "pb04.tif", (scene + 1000).astype(np.uint16))
+    res = run_alg(
+        {"INPUT": src, "OUTPUT": str(tmp_path / "m.tif"), "OUTPUT_STATS": str(tmp_path / "s.json")},
+        feedback=fb,
+    )
+    assert len(fb.warnings) == 1 and "RADIOMETRY=1" in fb.warnings[0]
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["radiometry"]["confident"] is False
+    assert stats["warnings"] == fb.warnings
+    _, mask = read(res["OUTPUT"])
+    assert_matches(mask, None, scene[0])  # the offset was assumed, rightly here

@@ -144,8 +144,7 @@ def main() -> int:
                 f"{r['peak_rss_mb']:12.0f}"
             )
             print(
-                f"{'':>12} (peak RSS before the run: "
-                f"{r['rss_before_mb']:.0f} MB)"
+                f"{'':>12} (peak RSS before the run: {r['rss_before_mb']:.0f} MB)"
             ) if size == args.sizes.split(",")[0] else None
     print(
         "\n'vs ref' < 1 is the cost of overlap (tiles per pixel), nodata checks, blending and "
