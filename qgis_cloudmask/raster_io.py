@@ -118,14 +118,21 @@ def describe(ds: gdal.Dataset, path: str) -> RasterInfo:
     )
 
 
-def open_raster(path: str) -> tuple[gdal.Dataset, RasterInfo]:
-    """Open a plain raster read-only and describe it (products: :mod:`qgis_cloudmask.sources`)."""
+def open_dataset(path: str, what: str | None = None) -> gdal.Dataset:
+    """Open ``path`` read-only; ``what`` names it in the error (default: the path)."""
+    what = what or f"'{path}'"
     try:
         ds = gdal.Open(path, gdal.GA_ReadOnly)
     except RuntimeError as exc:
-        raise RasterError(f"GDAL cannot open '{path}': {exc}") from exc
+        raise RasterError(f"GDAL cannot open {what}: {exc}") from exc
     if ds is None:
-        raise RasterError(f"GDAL cannot open '{path}'.")
+        raise RasterError(f"GDAL cannot open {what}.")
+    return ds
+
+
+def open_raster(path: str) -> tuple[gdal.Dataset, RasterInfo]:
+    """Open a plain raster read-only and describe it (products: :mod:`qgis_cloudmask.sources`)."""
+    ds = open_dataset(path)
     return ds, describe(ds, path)
 
 

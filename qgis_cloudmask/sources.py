@@ -26,7 +26,7 @@ import numpy as np
 from osgeo import gdal
 
 from qgis_cloudmask.core import radiometry, sentinel2
-from qgis_cloudmask.raster_io import RasterError, RasterInfo, describe
+from qgis_cloudmask.raster_io import RasterError, RasterInfo, describe, open_dataset
 
 gdal.UseExceptions()
 
@@ -93,18 +93,8 @@ def _product_xml(path: str) -> str | None:
     return None
 
 
-def _open(path: str, what: str) -> gdal.Dataset:
-    try:
-        ds = gdal.Open(path, gdal.GA_ReadOnly)
-    except RuntimeError as exc:
-        raise RasterError(f"GDAL cannot open {what}: {exc}") from exc
-    if ds is None:
-        raise RasterError(f"GDAL cannot open {what}.")
-    return ds
-
-
 def _ten_metre_subdataset(xml: str, given: str) -> str:
-    ds = _open(xml, f"the Sentinel-2 product metadata '{xml}'")
+    ds = open_dataset(xml, f"the Sentinel-2 product metadata '{xml}'")
     subs = ds.GetMetadata("SUBDATASETS") or {}
     names = [v for k, v in sorted(subs.items()) if k.endswith("_NAME")]
     ten = [n for n in names if ":10m:" in n]
@@ -153,7 +143,7 @@ def open_source(path: str) -> Source:
             )
         elif not given.startswith("/vsi") and not os.path.exists(given):
             raise RasterError(f"The input '{given}' does not exist.")
-    ds = _open(opened, f"'{opened}'")
+    ds = open_dataset(opened, f"'{opened}'")
     if ds.RasterCount == 0:
         subs = [v for k, v in sorted((ds.GetMetadata("SUBDATASETS") or {}).items()) if "NAME" in k]
         if subs:

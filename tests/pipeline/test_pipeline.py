@@ -12,6 +12,7 @@ import pytest
 from osgeo import gdal
 
 from qgis_cloudmask import pipeline
+from qgis_cloudmask.core import sentinel2
 from tests.support import synthetic
 
 gdal.UseExceptions()
@@ -48,21 +49,7 @@ print(json.dumps({{"bad": bad, "cloud": res.stats.cloud_pixels}}))
 def test_13_band_stack_described_b01_to_b12_picks_its_bands(tmp_path, pixel_model):
     scene = synthetic.sample_scene(150, 170, seed=4)
     full = np.full((13, 150, 170), 1234, np.uint16)
-    names = [
-        "B01",
-        "B02",
-        "B03",
-        "B04",
-        "B05",
-        "B06",
-        "B07",
-        "B08",
-        "B8A",
-        "B09",
-        "B10",
-        "B11",
-        "B12",
-    ]
+    names = list(sentinel2.BAND_IDS)
     for band, i in (("B02", 0), ("B03", 1), ("B04", 2), ("B08", 3)):
         full[names.index(band)] = scene[i]
     src = described_stack(tmp_path / "s2_13.tif", full, names)
