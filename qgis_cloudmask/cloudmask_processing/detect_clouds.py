@@ -210,23 +210,26 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         """Like QGIS's check, but INPUT may also be a Sentinel-2 product (folder, zip, XML,
         subdataset) or a GDAL path, which QGIS 3.22 cannot load as a layer by itself."""
         value = parameters.get(self.INPUT)
-        if isinstance(value, str) and value.strip():
-            layer_ok = self.parameterDefinition(self.INPUT).checkValueIsAcceptable(value, context)
-            if not layer_ok and not self._input_openable(value.strip()):
-                return False, self.tr(
-                    f"Could not load the input '{value}': it is neither a raster layer, a file "
-                    "GDAL reads, nor a Sentinel-2 product (.SAFE folder, .zip, MTD_MSIL1C.xml / "
-                    "MTD_MSIL2A.xml or a SENTINEL2_... subdataset)."
-                )
-            rest = {k: v for k, v in parameters.items() if k != self.INPUT}
-            for definition in self.parameterDefinitions():
-                name = definition.name()
-                if name == self.INPUT or definition.isDestination():
-                    continue
-                if not definition.checkValueIsAcceptable(rest.get(name), context):
-                    return False, self.tr(f"Incorrect parameter value for {name}")
-            return True, ""
-        return super().checkParameterValues(parameters, context)
+        definition = self.parameterDefinition(self.INPUT)
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or definition.checkValueIsAcceptable(value, context)
+        ):
+            return super().checkParameterValues(parameters, context)
+        if not self._input_openable(value.strip()):
+            return False, self.tr(
+                f"Could not load the input '{value}': it is neither a raster layer, a file "
+                "GDAL reads, nor a Sentinel-2 product (.SAFE folder, .zip, MTD_MSIL1C.xml / "
+                "MTD_MSIL2A.xml or a SENTINEL2_... subdataset)."
+            )
+        for other in self.parameterDefinitions():
+            name = other.name()
+            if name != self.INPUT and not other.checkValueIsAcceptable(
+                parameters.get(name), context
+            ):
+                return False, self.tr(f"Incorrect parameter value for {name}")
+        return True, ""
 
     @staticmethod
     def _input_openable(value: str) -> bool:

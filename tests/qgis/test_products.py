@@ -116,3 +116,19 @@ def test_qgis_process_masks_a_product(product, tmp_path, pixel_model, form):
     exp, decided = expected_mask(scene)
     np.testing.assert_array_equal(mask[decided], (exp >= 0.5)[decided])
     assert any("product metadata" in line for line in data["log"]["info"])
+
+
+def test_a_raster_inside_a_zip_is_read_through_vsizip(run_alg, tmp_path):
+    import zipfile
+
+    scene = synthetic.sample_scene(90, 100, seed=2)
+    tif = synthetic.write_geotiff(tmp_path / "scene.tif", scene)
+    with zipfile.ZipFile(tmp_path / "scenes.zip", "w") as zf:
+        zf.write(tif, "scene.tif")
+    res = run_alg(
+        {"INPUT": f"/vsizip/{tmp_path}/scenes.zip/scene.tif", "OUTPUT": str(tmp_path / "m.tif")}
+    )
+    mask = gdal.Open(res["OUTPUT"]).ReadAsArray()
+    exp = synthetic.sigmoid_probability(scene[0] / 10000, 40, 0.2)
+    decided = np.abs(exp - 0.5) > 1e-5
+    np.testing.assert_array_equal(mask[decided], (exp >= 0.5)[decided])
