@@ -142,9 +142,15 @@ class MaskResult:
     """What a run produced: statistics, outputs, resolved settings and warnings."""
 
     stats: CloudStats
-    summary: dict  # what the statistics JSON holds
-    outputs: dict[str, str | None]
-    warnings: list[str]
+    summary: dict  # what the statistics JSON holds; the properties below read it
+
+    @property
+    def outputs(self) -> dict[str, str | None]:
+        return self.summary["outputs"]
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.summary["warnings"]
 
     @property
     def cloud_area(self) -> float:
@@ -373,8 +379,7 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
         f"cloud, {stats.clear_pixels} clear, {stats.nodata_pixels} nodata); cloud area "
         f"{summary['cloud_area']:g} {summary['area_unit']}."
     )
-    outputs = {"mask": request.output, "probability": request.probability, "stats": request.stats}
-    return MaskResult(stats, summary, outputs, list(resolved.warnings))
+    return MaskResult(stats, summary)
 
 
 def _summary(request: MaskRequest, resolved: Resolved, stats: CloudStats, seconds: float) -> dict:

@@ -47,6 +47,7 @@ class Source:
     kind: str  # "raster" or e.g. "Sentinel-2 L2A product"
     band_labels: list[list[str]] = field(default_factory=list)
     product: dict[str, str] = field(default_factory=dict)  # level, baseline, name ...
+    metadata: dict[str, str] = field(default_factory=dict)  # the dataset's default domain
 
     def describe(self) -> str:
         if self.kind == "raster":
@@ -57,14 +58,7 @@ class Source:
 
 def is_product_reference(path: str) -> bool:
     """Whether ``path`` names a Sentinel-2 product form this module resolves itself."""
-    if _SUBDATASET.match(path.strip()):
-        return True
-    p = Path(path)
-    if p.is_dir():
-        return any((p / name).is_file() for name in PRODUCT_XML_NAMES)
-    if p.name in PRODUCT_XML_NAMES:
-        return True
-    return p.suffix.lower() == ".zip" and p.is_file() and _xml_in_zip(str(p)) is not None
+    return bool(_SUBDATASET.match(path.strip())) or _product_xml(path) is not None
 
 
 def _xml_in_zip(path: str) -> str | None:
@@ -153,9 +147,9 @@ def open_source(path: str) -> Source:
             )
         raise RasterError(f"'{given}' holds no raster band.")
     info = describe(ds, opened)
+    meta = ds.GetMetadata() or {}
     product: dict[str, str] = {}
     if kind == "product":
-        meta = ds.GetMetadata() or {}
         level = "L1C" if opened.upper().startswith("SENTINEL2_L1C") else "L2A"
         kind = f"Sentinel-2 {level} product"
         product = {"level": level}
@@ -164,7 +158,7 @@ def open_source(path: str) -> Source:
         uri = meta.get("PRODUCT_URI", "")
         product["name"] = uri[:-5] if uri.upper().endswith(".SAFE") else (uri or given)
     # a product's fill value, also kept by gdal_translate in the GeoTIFF's metadata
-    special = (ds.GetMetadata() or {}).get("SPECIAL_VALUE_NODATA")
+    special = meta.get("SPECIAL_VALUE_NODATA")
     if special is not None and all(v is None for v in info.nodata):
         try:
             info = info.with_nodata(float(special))
@@ -175,7 +169,7 @@ def open_source(path: str) -> Source:
         _band_labels(ds.GetRasterBand(i + 1)) + vrt_files.get(i + 1, [])
         for i in range(ds.RasterCount)
     ]
-    return Source(given, opened, ds, info, kind, labels, product)
+    return Source(given, opened, ds, info, kind, labels, product, meta)
 
 
 def _band_labels(band: gdal.Band) -> list[str]:
@@ -239,8 +233,7 @@ def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXEL
 def radiometry_facts(source: Source, bands: list[int], channel_names) -> radiometry.Facts:
     """Everything ``source`` says about its radiometry, for the ``bands`` fed to the model
     (in the model's channel order, named ``channel_names``)."""
-    ds = source.dataset
-    meta = ds.GetMetadata() or {}
+    ds, meta = source.dataset, source.metadata
     values, valid = read_sample(source, bands)
     sample = radiometry.DataSample.from_pixels(values, valid)
     declared = []
@@ -289,7 +282,7 @@ def radiometry_facts(source: Source, bands: list[int], channel_names) -> radiome
 
 def _name_texts(source: Source) -> list[str]:
     """File names and metadata values that may carry a product name or an acquisition date."""
-    meta = source.dataset.GetMetadata() or {}
+    meta = source.metadata
     texts = [os.path.basename(source.given), source.given]
     texts += [meta.get(k, "") for k in ("PRODUCT_URI", "PRODUCT_ID", "product_id", "DATATAKE")]
     for labels in source.band_labels:

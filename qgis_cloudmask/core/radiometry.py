@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 
 import numpy as np
 
@@ -180,12 +181,12 @@ class DataSample:
     def n_valid(self) -> int:
         return int(self.values.shape[1])
 
-    @property
+    @cached_property
     def dark(self) -> tuple[float, ...]:
         """Per channel, the :data:`DARK_PERCENTILE` percentile of the stored values."""
         return tuple(float(np.percentile(v, DARK_PERCENTILE)) for v in self.values)
 
-    @property
+    @cached_property
     def median(self) -> float:
         return float(np.median(self.values))
 
