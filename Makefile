@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SHARED_DATA ?= ../shared/data
 DEMO_DIR ?= demo_output
-APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib gdal-bin
+APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy gdal-bin xvfb xauth
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help

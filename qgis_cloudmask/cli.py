@@ -44,6 +44,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _metres(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a distance in metres: {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more metres, got {text!r}")
+    return value
+
+
 def _integer(minimum: int, what: str):
     """An argparse type: an integer of at least ``minimum``."""
 
@@ -123,7 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (4)"
     )
     mask.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime threads")
+    mask.add_argument(
+        "--min-cloud-size",
+        type=_non_negative,
+        metavar="PX",
+        help="remove cloud patches smaller than PX pixels, 8-connected (default 0: keep all)",
+    )
+    mask.add_argument(
+        "--buffer",
+        type=_metres,
+        metavar="M",
+        help="mark clear pixels within M metres of a cloud as cloud buffer, value 2 (default 0)",
+    )
     mask.add_argument("--probability", metavar="PATH", help="also write the cloud probability")
+    mask.add_argument(
+        "--vector", metavar="PATH", help="also write cloud polygons (GeoPackage, .gpkg)"
+    )
+    mask.add_argument(
+        "--masked",
+        metavar="PATH",
+        help="also write the input's bands with cloud and buffer set to nodata (.tif)",
+    )
     mask.add_argument("--stats", metavar="PATH", help="also write the statistics JSON")
     mask.add_argument(
         "--json", action="store_true", help="print the statistics and settings as JSON"
@@ -196,6 +226,10 @@ def _mask(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         batch_size=args.batch_size,
         threads=args.threads,
+        min_cloud_size=args.min_cloud_size,
+        buffer=args.buffer,
+        vector=args.vector,
+        masked=args.masked,
     )
     reporter = _ConsoleReporter(args.quiet)
     try:
@@ -221,10 +255,12 @@ def _mask(args: argparse.Namespace) -> int:
         print(f"cloud pixels  {s.cloud_pixels}")
         print(f"clear pixels  {s.clear_pixels}")
         print(f"nodata pixels {s.nodata_pixels}")
+        if result.settings["buffer"]["value"]:
+            print(f"cloud buffer  {s.buffer_percent:.2f} % ({s.buffer_pixels} pixels)")
         print(f"cloud area    {result.cloud_area:g} {result.area_unit}")
         print(f"model         {result.model_name}")
         print(f"mask          {args.output}")
-        for key in ("probability", "stats"):
+        for key in ("probability", "vector", "masked", "stats"):
             if getattr(args, key):
                 print(f"{key:<13} {getattr(args, key)}")
     return EXIT_OK

@@ -12,16 +12,18 @@ and cancelling go through a :class:`Reporter`.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from qgis_cloudmask import raster_io, sources
+from qgis_cloudmask import postprocess, raster_io, sources, styles
 from qgis_cloudmask.core import bands as band_choice
 from qgis_cloudmask.core import inference, radiometry, tiling
-from qgis_cloudmask.core.model import CloudModel, ModelError
+from qgis_cloudmask.core.model import CloudModel, ModelError, ModelInfo, read_info
 from qgis_cloudmask.core.stats import CloudStats
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +53,21 @@ def bundled_model_path() -> str | None:
     return next((p for p in BUNDLED_MODEL_CANDIDATES if os.path.isfile(p)), None)
 
 
+@functools.lru_cache(maxsize=4)
+def _bundled_info(path: str, mtime: float) -> ModelInfo | None:
+    try:
+        return read_info(path)
+    except ModelError:
+        return None
+
+
+def bundled_model_info() -> ModelInfo | None:
+    """The bundled model's metadata (threshold, overlap... for the defaults a dialog shows), or
+    ``None`` when there is no bundled model or onnxruntime is missing."""
+    path = bundled_model_path()
+    return _bundled_info(path, os.path.getmtime(path)) if path else None
+
+
 @dataclass
 class MaskRequest:
     """What to mask and how; ``None`` means "decide automatically" (see :func:`resolve`)."""
@@ -67,6 +84,12 @@ class MaskRequest:
     threshold: float | None = None
     batch_size: int | None = None
     threads: int | None = None  # onnxruntime intra-op threads (None: onnxruntime decides)
+    #: cloud patches smaller than this many pixels (8-connected) become clear; None or 0: off
+    min_cloud_size: int | None = None
+    #: clear pixels within this many metres of a cloud become "cloud buffer"; None or 0: off
+    buffer: float | None = None
+    vector: str | None = None  # GeoPackage of cloud (and buffer) polygons
+    masked: str | None = None  # the input's bands with cloud and buffer pixels set to nodata
 
 
 class Reporter:
@@ -107,7 +130,16 @@ class Resolved:
     overlap: Setting
     threshold: Setting
     batch_size: Setting
+    min_cloud_size: Setting
+    buffer: Setting
+    #: the buffer as a radius in pixels (0: no buffer)
+    buffer_px: float
     warnings: list[str]
+
+    @property
+    def post_processing(self) -> bool:
+        """Whether the mask is changed after inference (sieve or buffer)."""
+        return bool(self.min_cloud_size.value) or self.buffer_px > 0
 
     @property
     def model_bands(self) -> list[int]:
@@ -134,6 +166,8 @@ class Resolved:
             "overlap": self.overlap.to_dict(),
             "threshold": self.threshold.to_dict(),
             "batch_size": self.batch_size.to_dict(),
+            "min_cloud_size": self.min_cloud_size.to_dict(),
+            "buffer": self.buffer.to_dict(),
         }
 
 
@@ -191,6 +225,9 @@ def _check_writable(path: str, what: str) -> None:
         raise PipelineError(f"Cannot write the {what} to '{path}': it is a folder.")
 
 
+RASTER_OUTPUTS = ("cloud mask", "cloud probability", "masked image")
+
+
 def check_outputs(request: MaskRequest) -> None:
     """Outputs must be GeoTIFF (rasters), writable, distinct, and never the input."""
     if not request.output:
@@ -198,10 +235,18 @@ def check_outputs(request: MaskRequest) -> None:
     destinations = [("cloud mask", request.output)]
     if request.probability:
         destinations.append(("cloud probability", request.probability))
+    if request.masked:
+        destinations.append(("masked image", request.masked))
+    if request.vector:
+        destinations.append(("cloud polygons", request.vector))
     if request.stats:
         destinations.append(("statistics", request.stats))
     for what, path in destinations:
-        if what != "statistics" and not path.lower().endswith((".tif", ".tiff")):
+        if what == "cloud polygons" and not path.lower().endswith(".gpkg"):
+            raise ParameterError(
+                f"The {what} are written as GeoPackage: give a path ending in .gpkg, not '{path}'."
+            )
+        if what in RASTER_OUTPUTS and not path.lower().endswith((".tif", ".tiff")):
             raise ParameterError(
                 f"The {what} is written as GeoTIFF: give a path ending in .tif, not '{path}'."
             )
@@ -214,6 +259,12 @@ def check_outputs(request: MaskRequest) -> None:
         _check_writable(path, what)
     if len({os.path.abspath(p) for _, p in destinations}) != len(destinations):
         raise ParameterError("Two outputs point to the same file; give each its own.")
+    rasters = [p for what, p in destinations if what in RASTER_OUTPUTS]
+    if len({os.path.abspath(styles.style_path(p)) for p in rasters}) != len(rasters):
+        raise ParameterError(
+            "Two raster outputs differ only in .tif / .tiff, so their styles (.qml) would be "
+            "the same file; give them different names."
+        )
 
 
 def load_model(path: str | None, threads: int | None = None) -> CloudModel:
@@ -279,6 +330,8 @@ def resolve(request: MaskRequest) -> Resolved:
                 f"The batch size must be between 1 and {MAX_BATCH_SIZE} tiles, got {batch.value}."
             )
 
+    min_size, buffer, buffer_px, buffer_note = _post_settings(request, info)
+
     resolved_bands = chosen.ordered(mi.band_roles)
     try:
         facts = sources.radiometry_facts(source, resolved_bands, mi.bands)
@@ -286,23 +339,57 @@ def resolve(request: MaskRequest) -> Resolved:
         raise PipelineError(str(exc)) from exc
     decision = radiometry.decide(request.radiometry, facts)
     warnings = list(chosen.warnings) + list(decision.warnings)
-    return Resolved(source, model, chosen, decision, overlap, threshold, batch, warnings)
+    return Resolved(
+        source,
+        model,
+        chosen,
+        decision,
+        overlap,
+        threshold,
+        batch,
+        min_size,
+        buffer,
+        buffer_px,
+        warnings,
+    )
+
+
+def _post_settings(
+    request: MaskRequest, info: raster_io.RasterInfo
+) -> tuple[Setting, Setting, float, str]:
+    """MIN_CLOUD_SIZE (pixels) and BUFFER (metres, and as a radius in pixels)."""
+    size = request.min_cloud_size
+    if size is None or size == 0:
+        min_size = Setting(0, "off (every cloud patch is kept)")
+    elif int(size) != size or size < 0:
+        raise ParameterError(
+            f"The minimum cloud size is a number of pixels (0 or more), got {size}."
+        )
+    else:
+        min_size = Setting(
+            int(size), "set by MIN_CLOUD_SIZE: smaller 8-connected cloud patches become clear"
+        )
+    metres = request.buffer
+    if metres is None or metres == 0:
+        return min_size, Setting(0.0, "off (no cloud buffer)"), 0.0, ""
+    if not math.isfinite(metres) or metres < 0:
+        raise ParameterError(f"The cloud buffer is a distance in metres (0 or more), got {metres}.")
+    try:
+        radius, note = postprocess.buffer_radius_px(info, float(metres))
+    except ValueError as exc:
+        raise ParameterError(
+            f"The cloud buffer is given in metres, but {exc}: assign the input a CRS (or set "
+            "the buffer to 0)."
+        ) from exc
+    return min_size, Setting(float(metres), f"set by BUFFER: {note}"), radius, note
 
 
 # -- run -------------------------------------------------------------------------------------
 
 
-def _write_json_temp(path: str, data: dict) -> str:
-    """Write ``data`` beside ``path`` under a temporary name; the caller moves it."""
-    temp = raster_io.temporary_path(path)
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    return temp
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
 
 
 def _log_settings(resolved: Resolved, reporter: Reporter, plan: inference.TilingPlan) -> None:
@@ -340,8 +427,14 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
         [info.nodata[b - 1] for b in bands],
         resolved.radiometry.conversion,
     )
+    steps = _Steps(reporter, resolved, request)
     try:
-        with raster_io.OutputRasters(info, request.output, request.probability) as out:
+        with raster_io.Staging() as staging:
+            out = staging.track(
+                raster_io.OutputRasters(
+                    info, staging, request.output, request.probability, resolved.buffer_px > 0
+                )
+            )
             stats = inference.classify_raster(
                 model.predict,
                 plan,
@@ -349,7 +442,7 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
                 resolved.batch_size.value,
                 read_rows,
                 out.write_rows,
-                progress=reporter.progress,
+                progress=steps.reporter_for("inference"),
                 is_canceled=reporter.canceled,
             )
             if stats.valid_pixels == 0:
@@ -357,15 +450,14 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
                     "The input raster holds only nodata (declared nodata, NaN/inf or 0 in "
                     "every band) in the chosen bands: there is nothing to classify."
                 )
-            summary = _summary(request, resolved, stats, time.perf_counter() - started)
-            stats_temp = _write_json_temp(request.stats, summary) if request.stats else None
-            try:
-                out.commit()
-                if stats_temp:
-                    os.replace(stats_temp, request.stats)
-            finally:
-                if stats_temp and os.path.exists(stats_temp):
-                    os.remove(stats_temp)
+            model_cloud = stats.cloud_pixels
+            stats, extra = _post_process(request, resolved, out, staging, steps, stats)
+            extra["model_cloud_pixels"] = model_cloud
+            _write_styles(request, resolved, staging)
+            summary = _summary(request, resolved, stats, extra, time.perf_counter() - started)
+            if request.stats:
+                _write_json(staging.add(request.stats), summary)
+            staging.commit()
     except inference.Cancelled:
         raise Cancelled("Cancelled by the user: no output was written.") from None
     except raster_io.RasterError as exc:
@@ -373,20 +465,156 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
     except ModelError as exc:
         raise PipelineError(str(exc)) from exc
     except (RuntimeError, OSError) as exc:
+        if reporter.canceled():  # GDAL's algorithms stop through their progress callback
+            raise Cancelled("Cancelled by the user: no output was written.") from None
         raise PipelineError(f"Writing the outputs failed: {exc}") from exc
-    reporter.info(
+    reporter.progress(1.0)
+    text = (
         f"Cloud cover {stats.cloud_percent:.2f} % of valid pixels ({stats.cloud_pixels} "
-        f"cloud, {stats.clear_pixels} clear, {stats.nodata_pixels} nodata); cloud area "
-        f"{summary['cloud_area']:g} {summary['area_unit']}."
+        f"cloud, {stats.clear_pixels} clear, {stats.nodata_pixels} nodata"
     )
+    if resolved.buffer_px > 0:
+        text += f", {stats.buffer_pixels} cloud buffer = {stats.buffer_percent:.2f} %"
+    reporter.info(f"{text}); cloud area {summary['cloud_area']:g} {summary['area_unit']}.")
     return MaskResult(stats, summary)
 
 
-def _summary(request: MaskRequest, resolved: Resolved, stats: CloudStats, seconds: float) -> dict:
+class _Steps:
+    """Shares the progress bar between inference and the post-processing steps asked for."""
+
+    WEIGHTS = {"inference": 10.0, "sieve": 1.0, "buffer": 1.0, "final": 1.0, "polygons": 1.0}
+
+    def __init__(self, reporter: Reporter, resolved: Resolved, request: MaskRequest) -> None:
+        self.reporter = reporter
+        names = ["inference"]
+        if resolved.min_cloud_size.value:
+            names.append("sieve")
+        if resolved.buffer_px > 0:
+            names.append("buffer")
+        if resolved.post_processing or request.masked:
+            names.append("final")
+        if request.vector:
+            names.append("polygons")
+        total = sum(self.WEIGHTS[n] for n in names)
+        self.spans, start = {}, 0.0
+        for n in names:
+            end = start + self.WEIGHTS[n] / total
+            self.spans[n] = (start, end)
+            start = end
+
+    def reporter_for(self, name: str):
+        start, end = self.spans[name]
+        return lambda fraction: self.reporter.progress(start + (end - start) * fraction)
+
+    def gdal_callback(self, name: str):
+        start, end = self.spans[name]
+        return postprocess.GdalProgress(self.reporter.progress, self.reporter.canceled, start, end)
+
+
+def _post_process(
+    request: MaskRequest,
+    resolved: Resolved,
+    out: raster_io.OutputRasters,
+    staging: raster_io.Staging,
+    steps: _Steps,
+    stats: CloudStats,
+) -> tuple[CloudStats, dict]:
+    """Sieve, buffer, masked image and polygons on the written mask; returns the statistics of
+    the final mask and what the summary should add."""
+    info, reporter = resolved.source.info, steps.reporter
+    extra: dict = {"removed_cloud_pixels": 0}
+    if resolved.min_cloud_size.value:
+        removed = postprocess.remove_small_clouds(
+            out.mask_band,
+            info,
+            resolved.min_cloud_size.value,
+            staging.scratch(request.output),
+            steps.gdal_callback("sieve"),
+        )
+        extra["removed_cloud_pixels"] = removed
+        reporter.info(
+            f"Removed {removed} cloud pixels in patches smaller than "
+            f"{resolved.min_cloud_size.value} pixels."
+        )
+    distance = None
+    if resolved.buffer_px > 0:
+        reporter.info(f"Cloud buffer: {resolved.buffer.reason.removeprefix('set by BUFFER: ')}.")
+        distance = postprocess.cloud_distance(
+            out.mask_band,
+            info,
+            resolved.buffer_px,
+            staging.scratch(request.output),
+            steps.gdal_callback("buffer"),
+        )
+    if "final" in steps.spans:
+        masked = None
+        if request.masked:
+            masked = staging.track(
+                postprocess.MaskedImage(resolved.source.dataset, info, staging.add(request.masked))
+            )
+        stats = postprocess.final_pass(
+            out.mask_band,
+            info,
+            distance,
+            resolved.buffer_px,
+            masked,
+            steps.reporter_for("final"),
+            reporter.canceled,
+        )
+        if masked is not None:
+            masked.close()
+    distance = None  # closes the scratch file
+    mask_temp = out.mask_temp
+    out.close()
+    if request.vector:
+        count, rule = postprocess.polygonize(
+            mask_temp, info, staging.add(request.vector), steps.gdal_callback("polygons")
+        )
+        extra["polygons"] = {"features": count, "area_field": rule.field, "area_unit": rule.unit}
+        reporter.info(f"{count} cloud polygon(s); areas in {rule.unit} ('{rule.field}').")
+    return stats, extra
+
+
+def _write_styles(request: MaskRequest, resolved: Resolved, staging: raster_io.Staging) -> None:
+    """A .qml beside each raster output, so QGIS shows it styled whenever it is loaded."""
+    styles.write_style(
+        styles.mask_style(resolved.buffer_px > 0),
+        staging.add(styles.style_path(request.output)),
+    )
+    if request.probability:
+        styles.write_style(
+            styles.probability_style(), staging.add(styles.style_path(request.probability))
+        )
+    if request.masked:
+        styles.write_style(
+            styles.image_style(*_true_colour(resolved)),
+            staging.add(styles.style_path(request.masked)),
+        )
+
+
+def _true_colour(resolved: Resolved) -> tuple[tuple[int, int, int], list[tuple[float, float]]]:
+    """Red, green, blue bands of the masked image and their stretch (reflectance 0 to 0.3 in
+    stored values)."""
+    roles = resolved.model.info.band_roles
+    conversion = resolved.radiometry.conversion
+    rgb, ranges = [], []
+    for role in ("red", "green", "blue"):
+        channel = roles.index(role)
+        rgb.append(resolved.model_bands[channel])
+        ranges.append(
+            tuple(conversion.stored_value(r, channel) for r in styles.TRUE_COLOUR_REFLECTANCE)
+        )
+    return tuple(rgb), ranges
+
+
+def _summary(
+    request: MaskRequest, resolved: Resolved, stats: CloudStats, extra: dict, seconds: float
+) -> dict:
     info, mi, model = resolved.source.info, resolved.model.info, resolved.model
     d = stats.to_dict()
     d.update(
         cloud_area=stats.cloud_area(info.pixel_area),
+        buffer_area=stats.buffer_area(info.pixel_area),
         area_unit=info.area_unit,
         pixel_area=info.pixel_area,
         input=request.input,
@@ -406,11 +634,17 @@ def _summary(request: MaskRequest, resolved: Resolved, stats: CloudStats, second
         radiometry=resolved.radiometry.to_dict(),
         settings=resolved.settings(),
         warnings=list(resolved.warnings),
+        min_cloud_size=resolved.min_cloud_size.value,
+        buffer_m=resolved.buffer.value,
+        buffer_px=resolved.buffer_px,
         outputs={
             "mask": request.output,
             "probability": request.probability,
+            "vector": request.vector,
+            "masked": request.masked,
             "stats": request.stats,
         },
+        **extra,
         seconds=round(seconds, 3),
     )
     return d

@@ -7,6 +7,7 @@ or cancelled run leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from dataclasses import dataclass, replace
@@ -14,16 +15,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from osgeo import gdal, osr
 
+from qgis_cloudmask.core.classes import NODATA, mask_classes
 from qgis_cloudmask.core.inference import PROBABILITY_NODATA
-from qgis_cloudmask.core.stats import CLOUD, NODATA
 
 gdal.UseExceptions()
 
 #: Stored data types a reflectance or DN raster can have.
 SUPPORTED_TYPES = ("UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64")
-
-#: Colours of the mask values (R, G, B, alpha): clear is transparent so the mask overlays.
-MASK_COLOURS = {0: (0, 0, 0, 0), CLOUD: (0, 200, 255, 255), NODATA: (128, 128, 128, 0)}
 
 CREATION_OPTIONS = ["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"]
 
@@ -77,6 +75,35 @@ class RasterInfo:
             if name and code:
                 return f"{name}:{code}"
         return srs.GetName() or "unknown CRS"
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """Map coordinates (x, y) of the raster's centre."""
+        gt = self.geotransform
+        col, row = self.width / 2.0, self.height / 2.0
+        return gt[0] + col * gt[1] + row * gt[2], gt[3] + col * gt[4] + row * gt[5]
+
+    def pixel_size_m(self) -> tuple[float, float, str]:
+        """Pixel width and height in metres, and how they were found.
+
+        Geographic CRS: converted at the scene's centre latitude on the WGS84 ellipsoid. Raises
+        ValueError when the raster has no CRS (its units are unknown).
+        """
+        srs = self.spatial_ref
+        gt = self.geotransform
+        sx, sy = math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5])
+        if srs is None:
+            raise ValueError("the raster has no coordinate reference system")
+        if srs.IsGeographic():
+            lat = math.radians(self.centre[1])
+            a, e2 = 6378137.0, 0.00669437999014
+            w = 1.0 - e2 * math.sin(lat) ** 2
+            per_deg_lon = math.radians(1.0) * a * math.cos(lat) / math.sqrt(w)
+            per_deg_lat = math.radians(1.0) * a * (1.0 - e2) / w**1.5
+            how = f"degrees converted at the scene's latitude {math.degrees(lat):.3f}"
+            return sx * per_deg_lon, sy * per_deg_lat, how
+        metres = srs.GetLinearUnits()
+        return sx * metres, sy * metres, f"{srs.GetLinearUnitsName()} of {self.crs_id}"
 
     @property
     def area_unit(self) -> str:
@@ -148,80 +175,146 @@ def raw_reader(ds: gdal.Dataset, bands: list[int]):
 
 
 def temporary_path(path: str) -> str:
-    """A hidden sibling of ``path`` (same folder, so the final move is a rename)."""
+    """A hidden sibling of ``path`` with its extension (same folder: the final move is a
+    rename; same extension: drivers that look at it are happy)."""
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.partial-{uuid.uuid4().hex[:8]}{ext}")
 
 
-class OutputRasters:
-    """The mask GeoTIFF and, optionally, the probability GeoTIFF, written row block by row block."""
+#: Sidecars GDAL or QGIS may leave beside a file (removed with a temporary file; a stale one
+#: beside a replaced output would describe the old file).
+SIDECARS = (".aux.xml", "-wal", "-shm", "-journal")
 
-    def __init__(self, info: RasterInfo, mask_path: str, probability_path: str | None = None):
-        self.info = info
-        self.targets = [mask_path] + ([probability_path] if probability_path else [])
-        self.temps = [temporary_path(p) + ".tif" for p in self.targets]
-        self._mask_ds = self._create(self.temps[0], gdal.GDT_Byte, NODATA, "cloud mask")
-        self._set_palette(self._mask_ds.GetRasterBand(1))
-        self._prob_ds = (
-            self._create(self.temps[1], gdal.GDT_Float32, PROBABILITY_NODATA, "cloud probability")
-            if probability_path
-            else None
-        )
 
-    def _create(self, path: str, dtype: int, nodata: float, description: str) -> gdal.Dataset:
-        driver = gdal.GetDriverByName("GTiff")
-        try:
-            ds = driver.Create(
-                path, self.info.width, self.info.height, 1, dtype, options=CREATION_OPTIONS
-            )
-        except RuntimeError as exc:
-            self.discard()
-            raise RasterError(f"Cannot create '{path}': {exc}") from exc
-        ds.SetGeoTransform(self.info.geotransform)
-        if self.info.projection:
-            ds.SetProjection(self.info.projection)
-        band = ds.GetRasterBand(1)
-        band.SetNoDataValue(nodata)
-        band.SetDescription(description)
-        return ds
+class Staging:
+    """Files written under temporary names beside their targets, moved into place together.
 
-    @staticmethod
-    def _set_palette(band: gdal.Band) -> None:
-        table = gdal.ColorTable()
-        for value, rgba in MASK_COLOURS.items():
-            table.SetColorEntry(value, rgba)
-        band.SetRasterColorTable(table)
-        band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
-        band.SetMetadata({"CLASS_0": "clear", "CLASS_1": "cloud", "CLASS_255": "nodata"})
+    Used as a context manager: an exception inside the block deletes every temporary file, so a
+    failed or cancelled run leaves nothing behind.
+    """
 
-    def write_rows(self, y0: int, probability: np.ndarray, mask: np.ndarray) -> None:
-        self._mask_ds.GetRasterBand(1).WriteArray(mask, 0, y0)
-        if self._prob_ds is not None:
-            self._prob_ds.GetRasterBand(1).WriteArray(probability, 0, y0)
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str | None]] = []
+        self._open: list = []
 
-    def _close(self) -> None:
-        for ds in (self._mask_ds, self._prob_ds):
-            if ds is not None:
-                ds.FlushCache()
-        self._mask_ds = self._prob_ds = None
+    def track(self, closable):
+        """Close ``closable`` (e.g. an :class:`OutputRasters`) before moving or deleting."""
+        self._open.append(closable)
+        return closable
+
+    def _close_all(self) -> None:
+        while self._open:
+            self._open.pop().close()
+
+    def add(self, target: str) -> str:
+        """A temporary path for ``target``, moved there by :meth:`commit`."""
+        temp = temporary_path(target)
+        self.pairs.append((temp, target))
+        return temp
+
+    def scratch(self, beside: str, suffix: str = ".tif") -> str:
+        """A temporary working file beside ``beside``, deleted at the end either way."""
+        temp = os.path.splitext(temporary_path(beside))[0] + suffix
+        self.pairs.append((temp, None))
+        return temp
 
     def commit(self) -> None:
-        """Close the files and move them to their destinations."""
-        self._close()
-        for temp, target in zip(self.temps, self.targets):
+        """Move every file to its target; sidecars of an older target are removed."""
+        self._close_all()
+        for temp, target in self.pairs:
+            if target is None:
+                continue
+            for sidecar in SIDECARS:
+                if os.path.exists(target + sidecar):
+                    os.remove(target + sidecar)
             os.replace(temp, target)
+        self.discard()
 
     def discard(self) -> None:
-        """Close and delete the temporary files (safe to call more than once)."""
-        self._mask_ds = self._prob_ds = None
-        for temp in getattr(self, "temps", []):
-            for leftover in (temp, temp + ".aux.xml"):
+        """Delete what is left of the temporary files (safe to call more than once)."""
+        self._close_all()
+        for temp, _ in self.pairs:
+            for leftover in (temp, *(temp + s for s in SIDECARS)):
                 if os.path.exists(leftover):
                     os.remove(leftover)
 
-    def __enter__(self) -> OutputRasters:
+    def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.discard()
+
+
+def create_like(
+    path: str, info: RasterInfo, dtype: int, bands: int = 1, description: str = ""
+) -> gdal.Dataset:
+    """A new GeoTIFF on the grid of ``info`` (size, geotransform, CRS)."""
+    try:
+        ds = gdal.GetDriverByName("GTiff").Create(
+            path, info.width, info.height, bands, dtype, options=CREATION_OPTIONS
+        )
+    except RuntimeError as exc:
+        raise RasterError(f"Cannot create '{path}': {exc}") from exc
+    ds.SetGeoTransform(info.geotransform)
+    if info.projection:
+        ds.SetProjection(info.projection)
+    if description:
+        ds.GetRasterBand(1).SetDescription(description)
+    return ds
+
+
+def set_mask_classes(band: gdal.Band, with_buffer: bool) -> None:
+    """Colour table (opaque: GeoTIFF stores no alpha) and the class names as CLASS_n metadata
+    (inside the TIFF; GDAL keeps category names only in a .aux.xml that GTiff does not read)."""
+    table = gdal.ColorTable()
+    for c in mask_classes(with_buffer):
+        table.SetColorEntry(c.value, c.rgba)
+    band.SetRasterColorTable(table)
+    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+    band.SetMetadata({f"CLASS_{c.value}": c.label for c in mask_classes(with_buffer)})
+
+
+class OutputRasters:
+    """The mask GeoTIFF and, optionally, the probability GeoTIFF, written row block by row block
+    into temporary files of ``staging``."""
+
+    def __init__(
+        self,
+        info: RasterInfo,
+        staging: Staging,
+        mask_path: str,
+        probability_path: str | None = None,
+        with_buffer: bool = False,
+    ):
+        self.info = info
+        self.mask_temp = staging.add(mask_path)
+        self.mask_ds = create_like(self.mask_temp, info, gdal.GDT_Byte, description="cloud mask")
+        band = self.mask_ds.GetRasterBand(1)
+        band.SetNoDataValue(NODATA)
+        set_mask_classes(band, with_buffer)
+        self.prob_ds = None
+        if probability_path:
+            self.prob_ds = create_like(
+                staging.add(probability_path),
+                info,
+                gdal.GDT_Float32,
+                description="cloud probability",
+            )
+            self.prob_ds.GetRasterBand(1).SetNoDataValue(PROBABILITY_NODATA)
+
+    @property
+    def mask_band(self) -> gdal.Band:
+        return self.mask_ds.GetRasterBand(1)
+
+    def write_rows(self, y0: int, probability: np.ndarray, mask: np.ndarray) -> None:
+        self.mask_band.WriteArray(mask, 0, y0)
+        if self.prob_ds is not None:
+            self.prob_ds.GetRasterBand(1).WriteArray(probability, 0, y0)
+
+    def close(self) -> None:
+        for ds in (self.mask_ds, self.prob_ds):
+            if ds is not None:
+                ds.FlushCache()
+        self.mask_ds = self.prob_ds = None

@@ -7,24 +7,29 @@ parameters, reports the pipeline's messages to QGIS feedback and returns its num
 from __future__ import annotations
 
 import math
+import os
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 
-from qgis_cloudmask import pipeline, sources
+from qgis_cloudmask import pipeline, sources, styles
 from qgis_cloudmask.core import bands as band_choice
 from qgis_cloudmask.core import radiometry
 
@@ -61,9 +66,20 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     OUTPUT = "OUTPUT"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
+    MIN_CLOUD_SIZE = "MIN_CLOUD_SIZE"
+    BUFFER = "BUFFER"
     OUTPUT_STATS = "OUTPUT_STATS"
+    OUTPUT_VECTOR = "OUTPUT_VECTOR"
+    OUTPUT_MASKED = "OUTPUT_MASKED"
     CLOUD_PERCENT = "CLOUD_PERCENT"
     CLOUD_PIXELS = "CLOUD_PIXELS"
+    BUFFER_PERCENT = "BUFFER_PERCENT"
+    BUFFER_PIXELS = "BUFFER_PIXELS"
+    REMOVED_PIXELS = "REMOVED_PIXELS"
+    THRESHOLD_USED = "THRESHOLD_USED"
+    OVERLAP_USED = "OVERLAP_USED"
+    BANDS_USED = "BANDS_USED"
+    RADIOMETRY_USED = "RADIOMETRY_USED"
     CLEAR_PIXELS = "CLEAR_PIXELS"
     NODATA_PIXELS = "NODATA_PIXELS"
     CLOUD_AREA = "CLOUD_AREA"
@@ -115,9 +131,39 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
+        defaults = pipeline.bundled_model_info()
         self.addParameter(
             QgsProcessingParameterRasterLayer(
                 self.INPUT, self.tr("Sentinel-2 raster or product (.SAFE, .zip, MTD_*.xml)")
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.THRESHOLD,
+                self.tr("Cloud probability threshold"),
+                QgsProcessingParameterNumber.Double,
+                defaultValue=defaults.threshold if defaults else None,
+                optional=defaults is None,
+                minValue=0.0,
+                maxValue=1.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_CLOUD_SIZE,
+                self.tr("Remove cloud patches smaller than (pixels; 0 keeps all)"),
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=0,
+                minValue=0,
+            )
+        )
+        self.addParameter(  # metres whatever the CRS (a distance parameter would use its unit)
+            QgsProcessingParameterNumber(
+                self.BUFFER,
+                self.tr("Cloud buffer (metres; 0 for none)"),
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.0,
+                minValue=0.0,
             )
         )
         for role, label in self.BAND_LABELS.items():
@@ -139,38 +185,32 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 defaultValue=int(radiometry.Radiometry.AUTOMATIC),
             )
         )
-        self.addParameter(
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.OVERLAP,
+                self.tr("Tile overlap (pixels)"),
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=defaults.recommended_overlap if defaults else None,
+                optional=defaults is None,
+                minValue=0,
+            ),
+            QgsProcessingParameterNumber(
+                self.BATCH_SIZE,
+                self.tr("Tiles per batch"),
+                QgsProcessingParameterNumber.Integer,
+                defaultValue=pipeline.DEFAULT_BATCH_SIZE,
+                minValue=1,
+                maxValue=pipeline.MAX_BATCH_SIZE,
+            ),
             QgsProcessingParameterFile(
                 self.MODEL,
-                self.tr("ONNX model (default: the bundled model)"),
+                self.tr("ONNX model (empty: the bundled model)"),
                 extension="onnx",
                 optional=True,
-            )
-        )
-        overlap = QgsProcessingParameterNumber(
-            self.OVERLAP,
-            self.tr("Tile overlap in pixels (default: from the model)"),
-            QgsProcessingParameterNumber.Integer,
-            optional=True,
-            minValue=0,
-        )
-        threshold = QgsProcessingParameterNumber(
-            self.THRESHOLD,
-            self.tr("Cloud probability threshold (default: from the model)"),
-            QgsProcessingParameterNumber.Double,
-            optional=True,
-            minValue=0.0,
-            maxValue=1.0,
-        )
-        batch = QgsProcessingParameterNumber(
-            self.BATCH_SIZE,
-            self.tr("Tiles per batch"),
-            QgsProcessingParameterNumber.Integer,
-            defaultValue=pipeline.DEFAULT_BATCH_SIZE,
-            minValue=1,
-            maxValue=pipeline.MAX_BATCH_SIZE,
-        )
-        for p in (overlap, threshold, batch):
+            ),
+        ]
+        for p in advanced:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.addParameter(
             QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Cloud mask"))
@@ -179,6 +219,23 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterRasterDestination(
                 self.OUTPUT_PROBABILITY,
                 self.tr("Cloud probability (0-1)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.OUTPUT_VECTOR,
+                self.tr("Cloud polygons"),
+                QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.OUTPUT_MASKED,
+                self.tr("Masked image (clouds set to nodata)"),
                 optional=True,
                 createByDefault=False,
             )
@@ -195,11 +252,18 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         outputs = (
             (QgsProcessingOutputNumber, self.CLOUD_PERCENT, "Cloud cover (% of valid pixels)"),
             (QgsProcessingOutputNumber, self.CLOUD_PIXELS, "Cloud pixels"),
+            (QgsProcessingOutputNumber, self.BUFFER_PERCENT, "Cloud buffer (% of valid pixels)"),
+            (QgsProcessingOutputNumber, self.BUFFER_PIXELS, "Cloud buffer pixels"),
             (QgsProcessingOutputNumber, self.CLEAR_PIXELS, "Clear pixels"),
             (QgsProcessingOutputNumber, self.NODATA_PIXELS, "Nodata pixels"),
+            (QgsProcessingOutputNumber, self.REMOVED_PIXELS, "Cloud pixels removed as small"),
             (QgsProcessingOutputNumber, self.CLOUD_AREA, "Cloud area (map units squared)"),
             (QgsProcessingOutputString, self.AREA_UNIT, "Unit of the cloud area"),
             (QgsProcessingOutputString, self.MODEL_NAME, "Model name and version"),
+            (QgsProcessingOutputNumber, self.THRESHOLD_USED, "Threshold used"),
+            (QgsProcessingOutputNumber, self.OVERLAP_USED, "Tile overlap used (pixels)"),
+            (QgsProcessingOutputString, self.BANDS_USED, "Bands used"),
+            (QgsProcessingOutputString, self.RADIOMETRY_USED, "Radiometry used"),
         )
         for cls, key, label in outputs:
             self.addOutput(cls(key, self.tr(label)))
@@ -273,12 +337,25 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(f"{key} must be a finite number, got '{value}'.")
         return number
 
+    def _model_default(self, parameters, key, context, kind):
+        """An optional number whose shown default is the bundled model's: left at that
+        default it is ``None``, so the model that actually runs decides (its own default)."""
+        value = self._optional(parameters, key, context, kind)
+        default = self.parameterDefinition(key).defaultValue()
+        if value is not None and default is not None and value == kind(default):
+            return None
+        return value
+
     def _request(self, parameters, context) -> pipeline.MaskRequest:
+        def output(key):
+            return self.parameterAsOutputLayer(parameters, key, context) or None
+
         return pipeline.MaskRequest(
             input=self._input_path(parameters, context),
-            output=self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
-            probability=self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)
-            or None,
+            output=output(self.OUTPUT),
+            probability=output(self.OUTPUT_PROBABILITY),
+            vector=output(self.OUTPUT_VECTOR),
+            masked=output(self.OUTPUT_MASKED),
             stats=self.parameterAsFileOutput(parameters, self.OUTPUT_STATS, context) or None,
             bands={
                 role: self._optional(parameters, key, context, int)
@@ -288,9 +365,11 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 self.parameterAsEnum(parameters, self.RADIOMETRY, context)
             ),
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
-            overlap=self._optional(parameters, self.OVERLAP, context, int),
-            threshold=self._optional(parameters, self.THRESHOLD, context, float),
+            overlap=self._model_default(parameters, self.OVERLAP, context, int),
+            threshold=self._model_default(parameters, self.THRESHOLD, context, float),
             batch_size=self._optional(parameters, self.BATCH_SIZE, context, int),
+            min_cloud_size=self._optional(parameters, self.MIN_CLOUD_SIZE, context, int),
+            buffer=self._optional(parameters, self.BUFFER, context, float),
         )
 
     # -- the work --------------------------------------------------------------------------
@@ -301,16 +380,55 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             result = pipeline.run(request, _FeedbackReporter(feedback))
         except pipeline.PipelineError as exc:
             raise QgsProcessingException(str(exc)) from exc
-        stats = result.stats
+        self._style_loaded_layers(request, context)
+        stats, settings = result.stats, result.settings
         return {
             self.OUTPUT: request.output,
             self.OUTPUT_PROBABILITY: request.probability,
+            self.OUTPUT_VECTOR: request.vector,
+            self.OUTPUT_MASKED: request.masked,
             self.OUTPUT_STATS: request.stats,
             self.CLOUD_PERCENT: stats.cloud_percent,
             self.CLOUD_PIXELS: stats.cloud_pixels,
+            self.BUFFER_PERCENT: stats.buffer_percent,
+            self.BUFFER_PIXELS: stats.buffer_pixels,
             self.CLEAR_PIXELS: stats.clear_pixels,
             self.NODATA_PIXELS: stats.nodata_pixels,
+            self.REMOVED_PIXELS: result.summary["removed_cloud_pixels"],
             self.CLOUD_AREA: result.cloud_area,
             self.AREA_UNIT: result.area_unit,
             self.MODEL_NAME: result.model_name,
+            self.THRESHOLD_USED: settings["threshold"]["value"],
+            self.OVERLAP_USED: settings["overlap"]["value"],
+            self.BANDS_USED: ", ".join(f"{k}={v}" for k, v in settings["bands"]["value"].items()),
+            self.RADIOMETRY_USED: settings["radiometry"]["value"],
         }
+
+    def _style_loaded_layers(self, request: pipeline.MaskRequest, context) -> None:
+        """Outputs the desktop loads get the style written beside them (Processing loads layers
+        without their default style)."""
+        for path in (request.output, request.probability, request.masked):
+            if path and context.willLoadLayerOnCompletion(path):
+                processor = StyleFromFile(styles.style_path(path))
+                _POST_PROCESSORS.append(processor)
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(processor)
+
+
+#: Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them).
+_POST_PROCESSORS: list = []
+
+
+class StyleFromFile(QgsProcessingLayerPostProcessorInterface):
+    """Applies a .qml to a layer the desktop loads after the algorithm ran."""
+
+    def __init__(self, qml: str) -> None:
+        super().__init__()
+        self.qml = qml
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        if layer is None or not os.path.isfile(self.qml):
+            return
+        message, ok = layer.loadNamedStyle(self.qml)
+        if not ok and feedback is not None:
+            feedback.pushWarning(f"Could not apply the style {self.qml}: {message}")
+        layer.triggerRepaint()

@@ -13,14 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from qgis_cloudmask import dependencies
 from qgis_cloudmask.core import contract
-
-INSTALL_HINT = (
-    "Install it into the Python that QGIS uses: on Linux `python3 -m pip install --user "
-    "onnxruntime` (or your distribution's package); on Windows open the OSGeo4W Shell and run "
-    "`python -m pip install onnxruntime`; on macOS run `/Applications/QGIS.app/Contents/MacOS/bin/"
-    "python3 -m pip install onnxruntime`. Then restart QGIS."
-)
 
 
 class ModelError(Exception):
@@ -55,7 +49,7 @@ def _import_onnxruntime():
     except ImportError as exc:
         raise ModelError(
             "The Python package 'onnxruntime' is not installed, so the cloud model cannot run. "
-            + INSTALL_HINT
+            + dependencies.install_hint()
         ) from exc
     return onnxruntime
 
@@ -125,6 +119,24 @@ def parse_metadata(props: dict[str, str], source: str = "the model") -> ModelInf
         training=dict(values["training"]) if isinstance(values["training"], dict) else {},
         metrics=dict(values["metrics"]) if isinstance(values["metrics"], dict) else {},
     )
+
+
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """The contract metadata of a model without preparing it to run (fast: no graph
+    optimisation), e.g. for the defaults a dialog shows."""
+    path = os.fspath(path)
+    ort = _import_onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises several private exception types
+        raise ModelError(f"'{path}' is not a usable ONNX model.") from exc
+    props = session.get_modelmeta().custom_metadata_map
+    return parse_metadata(props, f"The model '{os.path.basename(path)}'")
 
 
 class CloudModel:

@@ -110,6 +110,10 @@ class Conversion:
                 return mode
         return None
 
+    def stored_value(self, reflectance: float, channel: int) -> float:
+        """The stored value of ``reflectance`` in ``channel`` (the inverse of the conversion)."""
+        return reflectance / self.scale[channel] - self.offset[channel]
+
     def formula(self) -> str:
         """Human-readable, e.g. ``(DN - 1000) / 10000``."""
         parts = []

@@ -3,7 +3,17 @@
 import subprocess
 import sys
 
-CORE = ["contract", "model", "tiling", "radiometry", "stats", "inference", "bands", "sentinel2"]
+CORE = [
+    "contract",
+    "model",
+    "tiling",
+    "radiometry",
+    "stats",
+    "inference",
+    "bands",
+    "sentinel2",
+    "classes",
+]
 
 
 def test_core_modules_import_neither_qgis_nor_osgeo():

@@ -23,5 +23,5 @@ def test_percent_is_zero_without_valid_pixels():
 
 
 def test_values_other_than_0_1_255_are_rejected():
-    with pytest.raises(ValueError, match="not 0, 1 or 255"):
-        CloudStats().add(np.array([[2]], dtype=np.uint8))
+    with pytest.raises(ValueError, match="not 0, 1, 2 or 255"):
+        CloudStats().add(np.array([[3]], dtype=np.uint8))
