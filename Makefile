@@ -11,8 +11,10 @@ export QT_QPA_PLATFORM ?= offscreen
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-all lint demo bench survey package train export evaluate report clean
 
+VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
+
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/<version>/$(VERSION)/g' | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-11s %s\n", $$1, $$2}'
 
 # The install step, done once: every target that needs the environment depends on this stamp,
 # so `make test` or `make demo` alone set a fresh machine up. It is redone when a requirements
@@ -50,7 +52,7 @@ bench: $(STAMP) ## throughput and peak memory of the tiled inference
 survey: $(STAMP) ## automatic radiometry on the real scenes of ../shared vs their records -> docs/radiometry-survey.md
 	$(PY) -m tests.support.radiometry_survey --data-root $(SHARED_DATA)
 
-package: $(STAMP) ## build dist/qgis_cloudmask.zip, installable with "Install from ZIP"
+package: $(STAMP) ## build dist/qgis_cloudmask-<version>.zip (plugin, model, README), for "Install from ZIP"
 	$(PY) -m tests.support.package --out dist
 
 train: $(STAMP) ## train the U-Net (config: training/configs/default.yaml)

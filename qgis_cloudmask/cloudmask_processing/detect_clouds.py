@@ -125,9 +125,16 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             "04.00 and later store DN + 1000), band scale/offset, a baseline or date in the "
             "metadata or file names, else from the data; every decision and its reason is in "
             "the log and the statistics JSON, and doubt is a warning.\n\n"
-            "Output: uint8 GeoTIFF, 1 = cloud, 0 = clear, 255 = nodata, on the input's grid. "
-            "Cloud percent is of valid pixels; cloud area is in the layer's map units squared "
-            "(see AREA_UNIT)."
+            "Post-processing (off unless set): cloud patches smaller than MIN_CLOUD_SIZE pixels "
+            "(8-connected) become clear; clear pixels within BUFFER metres of a cloud become "
+            "'cloud buffer' (value 2, counted apart).\n\n"
+            "Outputs: the mask, a uint8 GeoTIFF on the input's grid (0 = clear, 1 = cloud, "
+            "2 = cloud buffer, 255 = nodata), styled (a .qml beside it: clear transparent, cloud "
+            "magenta); optionally the cloud probability (0-1), cloud polygons (GeoPackage, with "
+            "class and area in m2), the input with clouds and buffer set to nodata, and a "
+            "statistics JSON. Cloud percent is of valid pixels, counted on the final mask; "
+            "cloud area is in the layer's map units squared (see AREA_UNIT). The settings "
+            "actually used are outputs too (THRESHOLD_USED, BANDS_USED...)."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -50,6 +50,10 @@ def test_help_lists_the_subcommand_and_every_option():
         "--probability",
         "--stats",
         "--json",
+        "--min-cloud-size",
+        "--buffer",
+        "--vector",
+        "--masked",
     ):
         assert option in out, option
     assert "dn-offset" in out and "Exit codes" in out
@@ -118,6 +122,37 @@ def test_options_mirror_the_algorithm_parameters(s2, tmp_path, pixel_model):
     assert "red=3: set by RED_BAND" in s["bands"]["reason"]
 
 
+def test_post_processing_options_write_the_same_products_as_the_algorithm(
+    s2, tmp_path, pixel_model
+):
+    rc, out, err = cli(
+        "mask",
+        s2,
+        tmp_path / "m.tif",
+        "--model",
+        pixel_model,
+        "--min-cloud-size",
+        "20",
+        "--buffer",
+        "30",
+        "--vector",
+        tmp_path / "clouds.gpkg",
+        "--masked",
+        tmp_path / "masked.tif",
+        "--json",
+        "-q",
+    )
+    assert rc == 0, err
+    data = json.loads(out)
+    mask = gdal.Open(str(tmp_path / "m.tif")).ReadAsArray()
+    assert data["buffer_pixels"] == int((mask == 2).sum()) > 0
+    assert data["settings"]["buffer"]["value"] == 30.0 and data["buffer_px"] == 3.0
+    assert data["settings"]["min_cloud_size"]["value"] == 20
+    assert data["polygons"]["features"] > 0
+    for name in ("m.qml", "masked.tif", "masked.qml", "clouds.gpkg"):
+        assert (tmp_path / name).is_file(), name
+
+
 def test_a_sentinel2_product_zip_is_masked(tmp_path, pixel_model):
     scene = synthetic.sample_scene(120, 140, seed=3)
     product = s2product.write_product(tmp_path, scene + 1000, level="L2A", zip_it=True)
@@ -144,6 +179,12 @@ def test_failure_exits_1_with_the_message_and_no_file(tmp_path, pixel_model):
         ("--red-band", "abc"),
         ("--radiometry", "maybe"),
         ("--no-such-option",),
+        ("--buffer", "-5"),
+        ("--buffer", "nan"),
+        ("--buffer", "ten"),
+        ("--min-cloud-size", "-1"),
+        ("--vector", "clouds.shp"),
+        ("--masked", "masked.png"),
     ],
 )
 def test_bad_usage_exits_2(s2, tmp_path, pixel_model, args):

@@ -43,6 +43,7 @@ def test_zip_holds_plugin_metadata_and_licence_under_one_folder(tmp_path):
         "raster_io.py",
         "core/inference.py",
         "cloudmask_processing/detect_clouds.py",
+        "README.md",
     ):
         assert f"qgis_cloudmask/{required}" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
@@ -52,6 +53,21 @@ def test_zip_holds_plugin_metadata_and_licence_under_one_folder(tmp_path):
     assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
     if (package.REPO / "models" / "cloudmask.onnx").is_file():
         assert "qgis_cloudmask/models/cloudmask.onnx" in names
+    assert "README.md" in general["about"]
+    with zipfile.ZipFile(zip_path) as zf:
+        readme = zf.read("qgis_cloudmask/README.md").decode()
+    assert "cloudmask:detectclouds" in readme
+    assert "](docs/" not in readme  # docs/ is not shipped: its links point to the repository
+
+
+def test_make_help_names_the_zip_make_package_writes(tmp_path):
+    import subprocess
+
+    help_text = subprocess.run(
+        ["make", "-s", "help"], cwd=package.REPO, capture_output=True, text=True, check=True
+    ).stdout
+    written = package.build(tmp_path).name
+    assert f"dist/{written}" in help_text
 
 
 def test_plugin_installed_from_the_zip_runs_under_qgis_process(tmp_path, pixel_model):

@@ -32,6 +32,10 @@ def test_qgis_process_lists_and_runs_the_algorithm(tmp_path, pixel_model):
     assert res["CLEAR_PIXELS"] == int((mask == 0).sum())
     assert res["CLOUD_PERCENT"] == pytest.approx(100 * (mask == 1).mean())
     assert res["AREA_UNIT"] == "square meters"
+    # the settings actually used, not the parameters as given (THRESHOLD was left unset)
+    assert res["THRESHOLD_USED"] == 0.5 and res["OVERLAP_USED"] == 16
+    assert res["BANDS_USED"] == "B04=3, B03=2, B02=1, B08=4"
+    assert res["RADIOMETRY_USED"] == "DN / 10000"
     assert (tmp_path / "stats.json").is_file()
     exp = synthetic.sigmoid_probability(scene[0] / 10000, 40, 0.2)
     decided = np.abs(exp - 0.5) > 1e-5

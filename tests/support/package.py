@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import re
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,16 @@ def plugin_version() -> str:
     return meta["general"]["version"]
 
 
+def plugin_readme() -> str:
+    """The repository README for the plugin folder: links into the repository made absolute
+    (docs/ is not shipped; models/ is, at the same relative place)."""
+    meta = configparser.ConfigParser()
+    meta.read(REPO / "metadata.txt", encoding="utf-8")
+    base = meta["general"]["repository"].rstrip("/") + "/blob/main/"
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return re.sub(r"\]\((?!https?://|#|models/)([^)]+)\)", lambda m: f"]({base}{m.group(1)})", text)
+
+
 def build(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     zip_path = out_dir / f"{PLUGIN}-{plugin_version()}.zip"
@@ -30,6 +41,7 @@ def build(out_dir: Path) -> Path:
             zf.write(path, rel.as_posix())
         zf.write(REPO / "metadata.txt", f"{PLUGIN}/metadata.txt")  # the real file, not the link
         zf.write(REPO / "LICENSE", f"{PLUGIN}/LICENSE")
+        zf.writestr(f"{PLUGIN}/README.md", plugin_readme())
         for name in MODEL_FILES:
             if (REPO / "models" / name).is_file():
                 zf.write(REPO / "models" / name, f"{PLUGIN}/models/{name}")
