@@ -568,7 +568,11 @@ def _post_process(
     out.close()
     if request.vector:
         count, rule = postprocess.polygonize(
-            mask_temp, info, staging.add(request.vector), steps.gdal_callback("polygons")
+            mask_temp,
+            info,
+            staging.add(request.vector),
+            steps.gdal_callback("polygons"),
+            resolved.buffer_px > 0,
         )
         extra["polygons"] = {"features": count, "area_field": rule.field, "area_unit": rule.unit}
         reporter.info(f"{count} cloud polygon(s); areas in {rule.unit} ('{rule.field}').")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from qgis_cloudmask import raster_io
+from qgis_cloudmask import raster_io, styles
 from qgis_cloudmask.core.classes import CLEAR, CLOUD, CLOUD_BUFFER, LABELS, NODATA
 from qgis_cloudmask.core.inference import Cancelled
 from qgis_cloudmask.core.stats import CloudStats
@@ -232,11 +232,52 @@ def _lut_vrt(mask_path: str, info: raster_io.RasterInfo) -> gdal.Dataset:
     return gdal.Open(xml)
 
 
+def _store_default_style(ds: ogr.DataSource, qml: str) -> None:
+    """Store ``qml`` as the layer's default style in the GeoPackage's ``layer_styles`` table,
+    where QGIS looks when it loads the layer (the schema QGIS itself creates)."""
+    styles_layer = ds.CreateLayer("layer_styles", geom_type=ogr.wkbNone)
+    for name, kind in (
+        ("f_table_catalog", ogr.OFTString),
+        ("f_table_schema", ogr.OFTString),
+        ("f_table_name", ogr.OFTString),
+        ("f_geometry_column", ogr.OFTString),
+        ("styleName", ogr.OFTString),
+        ("styleQML", ogr.OFTString),
+        ("styleSLD", ogr.OFTString),
+        ("useAsDefault", ogr.OFTInteger),
+        ("description", ogr.OFTString),
+        ("owner", ogr.OFTString),
+        ("ui", ogr.OFTString),
+        ("update_time", ogr.OFTDateTime),
+    ):
+        field = ogr.FieldDefn(name, kind)
+        if name == "useAsDefault":
+            field.SetSubType(ogr.OFSTBoolean)
+        styles_layer.CreateField(field)
+    feature = ogr.Feature(styles_layer.GetLayerDefn())
+    for name, value in (
+        ("f_table_catalog", ""),
+        ("f_table_schema", ""),
+        ("f_table_name", VECTOR_LAYER),
+        ("f_geometry_column", "geom"),
+        ("styleName", VECTOR_LAYER),
+        ("styleQML", qml),
+        ("styleSLD", ""),
+        ("useAsDefault", 1),
+        ("description", "cloud and cloud-buffer polygons (qgis_cloudmask)"),
+        ("owner", ""),
+        ("ui", ""),
+    ):
+        feature.SetField(name, value)
+    styles_layer.CreateFeature(feature)
+
+
 def polygonize(
     mask_path: str,
     info: raster_io.RasterInfo,
     target: str,
     progress: GdalProgress,
+    with_buffer: bool = False,
 ) -> tuple[int, AreaRule]:
     """Cloud (and cloud-buffer) polygons, 8-connected, with class, label and area, into a new
     GeoPackage at ``target``; an empty layer when there is no cloud. Returns the feature count
@@ -267,6 +308,7 @@ def polygonize(
             count += 1
         layer.CommitTransaction()
         layer.SetMetadataItem("AREA_UNIT", rule.unit)
+        _store_default_style(out, styles.polygon_style(with_buffer))
     finally:  # closed before the file is moved or deleted
         feature = layer = out = selector = mask_ds = None
     return count, rule

@@ -121,6 +121,42 @@ def image_style(rgb: tuple[int, int, int], ranges: list[tuple[float, float]]) ->
     return _document(renderer, resampling=False)
 
 
+#: Fill opacity (0-255) of the polygons: the image stays visible under them.
+POLYGON_FILL_ALPHA = {classes.CLOUD: 90, classes.CLOUD_BUFFER: 50}
+
+
+def polygon_style(with_buffer: bool) -> str:
+    """Categorized on ``class``: translucent fills with opaque outlines in the mask's colours."""
+    shown = [c for c in classes.mask_classes(with_buffer) if c.value in POLYGON_FILL_ALPHA]
+    root = ET.Element("qgis", version=QGIS_VERSION, styleCategories="Symbology")
+    renderer = ET.SubElement(
+        root, "renderer-v2", type="categorizedSymbol", attr="class", symbollevels="0"
+    )
+    categories = ET.SubElement(renderer, "categories")
+    symbols = ET.SubElement(renderer, "symbols")
+    for i, c in enumerate(shown):
+        ET.SubElement(
+            categories, "category", render="true", value=str(c.value), symbol=str(i), label=c.label
+        )
+        symbol = ET.SubElement(symbols, "symbol", name=str(i), type="fill", alpha="1")
+        layer = ET.SubElement(symbol, "layer", {"class": "SimpleFill", "enabled": "1"})
+        rgb = ",".join(str(v) for v in c.rgba[:3])
+        for key, value in (
+            ("color", f"{rgb},{POLYGON_FILL_ALPHA[c.value]}"),
+            ("outline_color", f"{rgb},255"),
+            ("outline_style", "solid"),
+            ("outline_width", "0.4"),
+            ("outline_width_unit", "MM"),
+            ("style", "solid"),
+        ):
+            ET.SubElement(layer, "prop", k=key, v=value)
+    ET.SubElement(root, "layerGeometryType").text = "2"
+    ET.indent(root)
+    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
+        root, encoding="unicode"
+    )
+
+
 def write_style(text: str, path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

@@ -414,9 +414,11 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
     def _style_loaded_layers(self, request: pipeline.MaskRequest, context) -> None:
         """Outputs the desktop loads get the style written beside them (Processing loads layers
         without their default style)."""
-        for path in (request.output, request.probability, request.masked):
+        for path in (request.output, request.probability, request.masked, request.vector):
             if path and context.willLoadLayerOnCompletion(path):
-                processor = StyleFromFile(styles.style_path(path))
+                # polygons: the default style stored inside the GeoPackage
+                qml = styles.style_path(path) if path != request.vector else None
+                processor = DefaultStyle(qml)
                 _POST_PROCESSORS.append(processor)
                 context.layerToLoadOnCompletionDetails(path).setPostProcessor(processor)
 
@@ -425,17 +427,23 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
 _POST_PROCESSORS: list = []
 
 
-class StyleFromFile(QgsProcessingLayerPostProcessorInterface):
-    """Applies a .qml to a layer the desktop loads after the algorithm ran."""
+class DefaultStyle(QgsProcessingLayerPostProcessorInterface):
+    """Applies the style written with an output (a .qml file, or for ``qml=None`` the default
+    style stored in the layer's data source) to the layer the desktop loads after the run."""
 
-    def __init__(self, qml: str) -> None:
+    def __init__(self, qml: str | None) -> None:
         super().__init__()
         self.qml = qml
 
     def postProcessLayer(self, layer, context, feedback):  # noqa: N802
-        if layer is None or not os.path.isfile(self.qml):
+        if layer is None:
             return
-        message, ok = layer.loadNamedStyle(self.qml)
+        if self.qml is None:
+            message, ok = layer.loadDefaultStyle()
+        elif os.path.isfile(self.qml):
+            message, ok = layer.loadNamedStyle(self.qml)
+        else:
+            return
         if not ok and feedback is not None:
-            feedback.pushWarning(f"Could not apply the style {self.qml}: {message}")
+            feedback.pushWarning(f"Could not apply the style of {layer.name()}: {message}")
         layer.triggerRepaint()

@@ -107,6 +107,10 @@ def test_polygons_and_masked_image_agree_with_the_mask(outputs):
     assert res["REMOVED_PIXELS"] >= 0
     vector = QgsVectorLayer(res["OUTPUT_VECTOR"], "clouds", "ogr")
     assert vector.isValid() and vector.featureCount() > 0
+    renderer = vector.renderer()  # the default style stored in the GeoPackage
+    assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "class"
+    shown = [(c.value(), c.label(), c.symbol().color().name()) for c in renderer.categories()]
+    assert shown == [("1", "cloud", "#ff00c8"), ("2", "cloud buffer", "#ffa0eb")]
     areas = {1: 0.0, 2: 0.0}
     for f in vector.getFeatures():
         areas[f["class"]] += f["area_m2"]
@@ -132,12 +136,14 @@ def test_desktop_loads_the_outputs_styled(cloudmask_provider, pixel_model, scene
             "MODEL": str(pixel_model),
             "OUTPUT": str(tmp_path / "mask.tif"),
             "OUTPUT_PROBABILITY": str(tmp_path / "prob.tif"),
+            "OUTPUT_VECTOR": str(tmp_path / "clouds.gpkg"),
             "BUFFER": 20,
         },
     )
-    layers = {layer.source(): layer for layer in project.mapLayers().values()}
+    layers = {layer.source().split("|")[0]: layer for layer in project.mapLayers().values()}
     assert palette(layers[str(tmp_path / "mask.tif")]) == MASK_WITH_BUFFER
     ramp(layers[str(tmp_path / "prob.tif")])
+    assert layers[str(tmp_path / "clouds.gpkg")].renderer().type() == "categorizedSymbol"
     project.clear()
 
 
