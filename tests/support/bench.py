@@ -62,15 +62,21 @@ def reference_mpx_per_s(model_file: Path, batch: int, seconds: float = 3.0) -> f
     return n * t * t / 1e6 / (time.perf_counter() - start)
 
 
-def child(raster: str, model_file: str, batch: int) -> None:
+#: The post-processing the "+ post" rows add (every step the pipeline has).
+POST = {"min_cloud_size": 20, "buffer": 60.0}
+
+
+def child(raster: str, model_file: str, batch: int, post: bool) -> None:
     """Run the headless pipeline (what the algorithm and the command line run) and print one
     JSON line. Timed: the whole run - open, decide bands and radiometry (decimated first pass),
-    load the model, read, infer, blend, write."""
+    load the model, read, infer, blend, write; with ``post`` also sieve, buffer, polygons and
+    the masked image."""
     from qgis_cloudmask import pipeline
 
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        extra = dict(POST, vector=f"{tmp}/clouds.gpkg", masked=f"{tmp}/masked.tif") if post else {}
         result = pipeline.run(
             pipeline.MaskRequest(
                 raster,
@@ -78,6 +84,7 @@ def child(raster: str, model_file: str, batch: int) -> None:
                 probability=f"{tmp}/p.tif",
                 model=model_file,
                 batch_size=batch,
+                **extra,
             )
         )
     seconds = time.perf_counter() - start
@@ -102,9 +109,10 @@ def main() -> int:
         help="comma-separated HxW rasters to time",
     )
     parser.add_argument("--child", nargs=2, metavar=("RASTER", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--post", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.batch)
+        child(args.child[0], args.child[1], args.batch, args.post)
         return 0
 
     from tests.support import synthetic
@@ -116,39 +124,41 @@ def main() -> int:
         print(f"model: {label} ({model_file.name}); batch {args.batch}")
         print(f"reference (bare model on tiles, same process): {ref:.3f} Mpx/s\n")
         print(
-            f"{'raster HxW':>12} {'Mpx':>6} {'s':>7} {'Mpx/s':>7} {'vs ref':>7} {'peak RSS MB':>12}"
+            f"{'raster HxW':>17} {'Mpx':>6} {'s':>7} {'Mpx/s':>7} {'vs ref':>7} {'peak RSS MB':>12}"
         )
         for size in args.sizes.split(","):
             h, w = (int(v) for v in size.lower().split("x"))
             raster = synthetic.write_geotiff(work / f"{h}x{w}.tif", synthetic.sample_scene(h, w, 1))
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.support.bench",
-                    "--batch",
-                    str(args.batch),
-                    "--child",
-                    raster,
-                    str(model_file),
-                ],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            mps = r["mpx"] / r["seconds"]
-            print(
-                f"{size:>12} {r['mpx']:6.2f} {r['seconds']:7.2f} {mps:7.3f} {mps / ref:7.2f} "
-                f"{r['peak_rss_mb']:12.0f}"
-            )
-            print(
-                f"{'':>12} (peak RSS before the run: {r['rss_before_mb']:.0f} MB)"
-            ) if size == args.sizes.split(",")[0] else None
+            for post in (False, True):
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tests.support.bench",
+                        "--batch",
+                        str(args.batch),
+                        "--child",
+                        raster,
+                        str(model_file),
+                        *(["--post"] if post else []),
+                    ],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                mps = r["mpx"] / r["seconds"]
+                name = f"{size} + post" if post else size
+                print(
+                    f"{name:>17} {r['mpx']:6.2f} {r['seconds']:7.2f} {mps:7.3f} "
+                    f"{mps / ref:7.2f} {r['peak_rss_mb']:12.0f}"
+                )
     print(
-        "\n'vs ref' < 1 is the cost of overlap (tiles per pixel), nodata checks, blending and "
-        "I/O;\npeak RSS should stay flat as the height grows (windowed streaming), apart from "
+        f"\n'+ post' rows add MIN_CLOUD_SIZE={POST['min_cloud_size']}, "
+        f"BUFFER={POST['buffer']:g} m, polygons and the masked image.\n"
+        "'vs ref' < 1 is the cost of overlap (tiles per pixel), nodata checks, blending and I/O;\n"
+        "peak RSS should stay flat as the height grows (windowed streaming), apart from "
         "GDAL's block cache,\nwhich fills up to GDAL_CACHEMAX (default 5 % of RAM): run with "
         "GDAL_CACHEMAX=16 to see the plugin's own memory."
     )
