@@ -43,7 +43,7 @@ lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check qgis_cloudmask training tests
 	$(VENV)/bin/ruff format --check qgis_cloudmask training tests
 
-demo: $(STAMP) ## run the algorithm end to end through qgis_process on a generated raster
+demo: $(STAMP) ## the main job: a generated Sentinel-2 product zip masked through qgis_process (all outputs)
 	$(PY) -m tests.support.demo --out $(DEMO_DIR)
 
 bench: $(STAMP) ## throughput and peak memory of the tiled inference

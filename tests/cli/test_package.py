@@ -114,5 +114,8 @@ def test_demo_runs_end_to_end_and_writes_its_files(tmp_path):
         "cloud_probability.tif",
         "cloud_stats.json",
         "quicklook.png",
+        "cloud_mask.qml",
+        "cloud_polygons.gpkg",
+        "masked.tif",
     ):
         assert (tmp_path / name).stat().st_size > 0, name

@@ -4,7 +4,8 @@ Writes a deterministic Sentinel-2 Level-2A product as users download it (a ``.zi
 ``.SAFE`` folder, processing baseline 05.09, so DN carry the +1000 offset), runs
 ``cloudmask:detectclouds`` on the zip through ``qgis_process`` with the bundled model - bands and
 radiometry decided automatically from the product - prints the statistics and the decisions,
-and writes the mask, the probability, the statistics JSON and a quicklook PNG (RGB | mask
+with small-patch removal and a 50 m cloud buffer, and writes the styled mask, the probability,
+the cloud polygons, the masked image, the statistics JSON and a quicklook PNG (RGB | mask
 overlay) to the output folder.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qgis_cloudmask.core import classes
 from tests.support import qgis_process, s2product, synthetic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +34,14 @@ def quicklook(scene: np.ndarray, mask: np.ndarray, path: Path, title: str) -> No
     rgb = np.stack([scene[2], scene[1], scene[0]], axis=-1).astype(np.float32) / 10000
     rgb = np.clip(rgb / np.percentile(rgb, 98), 0, 1)
     overlay = rgb.copy()
-    overlay[mask == 1] = 0.5 * overlay[mask == 1] + 0.5 * np.array([0.0, 0.8, 1.0])
+    for c in classes.MASK_CLASSES:  # the colours QGIS shows (the .qml), blended by their alpha
+        if c.rgba[3]:
+            colour = np.array(c.rgba[:3]) / 255
+            overlay[mask == c.value] = 0.15 * overlay[mask == c.value] + 0.85 * colour
     overlay[mask == 255] = 0.3
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
-    for ax, img, name in zip(axes, (rgb, overlay), ("RGB (B04, B03, B02)", "cloud mask (cyan)")):
+    label = "cloud mask (magenta: cloud, pink: cloud buffer)"
+    for ax, img, name in zip(axes, (rgb, overlay), ("RGB (B04, B03, B02)", label)):
         ax.imshow(img)
         ax.set_title(name)
         ax.axis("off")
@@ -77,6 +83,10 @@ def main() -> int:
         "OUTPUT": out / "cloud_mask.tif",
         "OUTPUT_PROBABILITY": out / "cloud_probability.tif",
         "OUTPUT_STATS": out / "cloud_stats.json",
+        "OUTPUT_VECTOR": out / "cloud_polygons.gpkg",
+        "OUTPUT_MASKED": out / "masked.tif",
+        "MIN_CLOUD_SIZE": 20,
+        "BUFFER": 50,
     }
     print(
         "run   : qgis_process --json run cloudmask:detectclouds -- "
@@ -93,13 +103,20 @@ def main() -> int:
     for key in (
         "CLOUD_PERCENT",
         "CLOUD_PIXELS",
+        "BUFFER_PERCENT",
+        "BUFFER_PIXELS",
         "CLEAR_PIXELS",
         "NODATA_PIXELS",
+        "REMOVED_PIXELS",
         "CLOUD_AREA",
         "AREA_UNIT",
         "MODEL_NAME",
+        "THRESHOLD_USED",
+        "BANDS_USED",
+        "RADIOMETRY_USED",
     ):
-        print(f"  {key:<14} {res[key]}")
+        print(f"  {key:<15} {res[key]}")
+    print(f"  polygons        {stats['polygons']['features']} in cloud_polygons.gpkg")
     print(f"  run time       {stats['seconds']} s on {stats['model']['execution_provider']}")
     print("\ndecided automatically:")
     for key in ("input", "bands", "radiometry"):
@@ -113,8 +130,9 @@ def main() -> int:
     mask = gdal.Open(str(out / "cloud_mask.tif")).ReadAsArray()
     quicklook(scene, mask, out / "quicklook.png", f"{note}: {res['CLOUD_PERCENT']:.1f} % cloud")
     print(
-        f"\nwrote {out}/: {src.name} ({product.safe.name}/) cloud_mask.tif "
-        "cloud_probability.tif cloud_stats.json quicklook.png"
+        f"\nwrote {out}/: {src.name} ({product.safe.name}/) cloud_mask.tif (+ .qml) "
+        "cloud_probability.tif (+ .qml) cloud_polygons.gpkg masked.tif (+ .qml) "
+        "cloud_stats.json quicklook.png"
     )
     return 0
 
