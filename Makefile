@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy 
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo bench survey package train export evaluate report clean
+.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate report clean
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
@@ -45,6 +45,9 @@ lint: $(STAMP) ## ruff lint + format check
 
 demo: $(STAMP) ## the main job: a generated Sentinel-2 product zip masked through qgis_process (all outputs)
 	$(PY) -m tests.support.demo --out $(DEMO_DIR)
+
+screenshots: $(STAMP) ## real QGIS desktop (Xvfb) runs the algorithm -> PNG screenshots + JSON in docs/screenshots
+	$(PY) -m tests.support.screenshots --out docs/screenshots
 
 bench: $(STAMP) ## throughput and peak memory of the tiled inference
 	$(PY) -m tests.support.bench

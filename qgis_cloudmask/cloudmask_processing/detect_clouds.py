@@ -173,6 +173,8 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 minValue=0.0,
             )
         )
+        for key, decimals in ((self.THRESHOLD, 2), (self.BUFFER, 1)):  # not QGIS's 6
+            self.parameterDefinition(key).setMetadata({"widget_wrapper": {"decimals": decimals}})
         for role, label in self.BAND_LABELS.items():
             # no default: an unset band is chosen automatically by the pipeline
             self.addParameter(

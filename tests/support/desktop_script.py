@@ -22,17 +22,18 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsContrastEnhancement,
-    QgsMessageLog,
     QgsMultiBandColorRenderer,
     QgsProject,
     QgsRasterLayer,
 )
+from qgis.gui import QgsCollapsibleGroupBoxBasic
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEventLoop, Qt, QTimer
 from qgis.PyQt.QtGui import QImage
 from qgis.PyQt.QtWidgets import QDockWidget, QGroupBox, QLabel, QTextEdit
 from qgis.utils import iface
 
-CONFIG = json.loads(open(os.environ["CLOUDMASK_DESKTOP_CONFIG"], encoding="utf-8").read())
+CONFIG: dict = {}
 REPORT: dict = {"ok": False, "steps": [], "messages": [], "screenshots": {}}
 _KEEP: list = []  # Python objects (dialog, slots) that must outlive the step that made them
 
@@ -40,9 +41,6 @@ _KEEP: list = []  # Python objects (dialog, slots) that must outlive the step th
 def _log_message(message, tag, level) -> None:
     if level >= Qgis.Warning:
         REPORT["messages"].append({"tag": tag, "level": int(level), "text": message})
-
-
-QgsMessageLog.instance().messageReceived.connect(_log_message)
 
 
 def step(name: str) -> None:
@@ -86,13 +84,9 @@ def top_level_windows() -> list[str]:
 
 
 def save(image: QImage, key: str, name: str) -> str:
-    """PNG with a colour table when that loses nothing visible (keeps the files small)."""
+    """Lossless PNG (the runner gives large ones a palette afterwards)."""
     path = os.path.join(CONFIG["out"], name)
-    if CONFIG.get("indexed_png", False):
-        image = image.convertToFormat(QImage.Format_RGB32).convertToFormat(
-            QImage.Format_Indexed8, Qt.ThresholdDither | Qt.PreferDither
-        )
-    if not image.save(path, "PNG", 9 if CONFIG.get("indexed_png", False) else -1):
+    if not image.save(path, "PNG"):
         raise RuntimeError(f"could not write {path}")
     REPORT["screenshots"][key] = {"file": name, "width": image.width(), "height": image.height()}
     return path
@@ -102,11 +96,14 @@ def save_canvas(canvas, key: str, name: str, shows: list[str]) -> None:
     render(canvas)
     save(canvas.grab().toImage(), key, name)
     extent = canvas.mapSettings().visibleExtent()
+    size = canvas.mapSettings().outputSize()
     REPORT["screenshots"][key].update(
         shows=shows,
         extent=[extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
         map_units_per_pixel=canvas.mapSettings().mapUnitsPerPixel(),
-        canvas_size=[canvas.width(), canvas.height()],
+        # where the map starts in the grabbed widget (inside the canvas frame)
+        map_offset=[canvas.viewport().x(), canvas.viewport().y()],
+        map_size=[size.width(), size.height()],
     )
 
 
@@ -124,8 +121,11 @@ def load_scene():
     low, high = CONFIG["stretch"]
     for band, setter in zip(
         CONFIG["rgb_bands"],
-        (renderer.setRedContrastEnhancement, renderer.setGreenContrastEnhancement,
-         renderer.setBlueContrastEnhancement),
+        (
+            renderer.setRedContrastEnhancement,
+            renderer.setGreenContrastEnhancement,
+            renderer.setBlueContrastEnhancement,
+        ),
     ):
         ce = QgsContrastEnhancement(layer.dataProvider().dataType(band))
         ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
@@ -144,7 +144,9 @@ def run_algorithm(scene) -> dict:
     before = set(QgsProject.instance().mapLayers())
     results = processing.runAndLoadResults(CONFIG["algorithm"], params)
     loaded = [
-        QgsProject.instance().mapLayer(i) for i in QgsProject.instance().mapLayers() if i not in before
+        QgsProject.instance().mapLayer(i)
+        for i in QgsProject.instance().mapLayers()
+        if i not in before
     ]
     REPORT["results"] = {
         k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
@@ -253,11 +255,16 @@ def dialog_widgets(dialog) -> dict:
     """Labels of the parameter form and which sit in a (collapsible) group such as Advanced."""
     groups = []
     for box in dialog.findChildren(QGroupBox):
-        if hasattr(box, "setCollapsed"):
+        kind = box.metaObject().className()
+        if kind.startswith("QgsCollapsibleGroupBox"):
+            # sip hands it out as a plain QGroupBox
+            box = sip.cast(box, QgsCollapsibleGroupBoxBasic)
             box.setCollapsed(False)
         groups.append(
             {
                 "title": box.title(),
+                "type": kind,
+                "collapsed": box.isCollapsed() if hasattr(box, "isCollapsed") else None,
                 "labels": [lab.text() for lab in box.findChildren(QLabel) if lab.text()],
             }
         )
@@ -319,10 +326,10 @@ def main() -> None:
         "scene": scene,
     }
     order_layers(list(layers.values()))
-    canvas.setExtent(scene.extent())
-    canvas.zoomByFactor(1.02)
     iface.setActiveLayer(layers["mask"])
     pump(300)
+    canvas.setExtent(scene.extent())  # after the layer tree settled, or it is undone
+    canvas.zoomByFactor(1.02)
 
     show_only(layers, ["scene"])
     save_canvas(canvas, "scene", "canvas_scene.png", ["scene"])
@@ -357,7 +364,16 @@ def write_report() -> None:
 
 
 def finish(code: int) -> None:
-    QgsProject.instance().setDirty(False)
+    """Close the project first (as File > Exit does): QGIS 3.22 can abort (SIGABRT) when it
+    still holds layers while its main window is destroyed. Never raises: an exception here
+    would open QGIS's Python error dialog and QGIS would wait on it."""
+    try:
+        _KEEP.clear()
+        QgsProject.instance().setDirty(False)
+        iface.newProject(False)
+        pump(300)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
     QgsApplication.exit(code)
 
 
@@ -374,4 +390,11 @@ def run() -> None:
 
 
 START = time.monotonic()
-QTimer.singleShot(int(CONFIG.get("start_delay_ms", 1500)), run)
+try:  # a failure here would otherwise leave QGIS open until the runner kills it
+    with open(os.environ["CLOUDMASK_DESKTOP_CONFIG"], encoding="utf-8") as _f:
+        CONFIG.update(json.load(_f))
+    QgsApplication.messageLog().messageReceived.connect(_log_message)
+    QTimer.singleShot(int(CONFIG.get("start_delay_ms", 1500)), run)
+except Exception:  # noqa: BLE001
+    traceback.print_exc()
+    QTimer.singleShot(0, lambda: QgsApplication.exit(3))
