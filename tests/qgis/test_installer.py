@@ -15,7 +15,7 @@ from qgis.core import Qgis, QgsApplication
 
 from qgis_cloudmask import dependencies
 from qgis_cloudmask.installer import BUTTON_TEXT, MISSING_TEXT, TITLE, OnnxruntimeInstaller
-from tests.unit.test_dependencies import write_wheel
+from tests.support.wheels import write_wheel
 
 LEVEL = Qgis.MessageLevel
 
