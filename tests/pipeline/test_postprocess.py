@@ -394,3 +394,42 @@ def test_cancel_during_post_processing_leaves_nothing(tmp_path, small_tile_model
 
 def test_style_path_is_beside_the_raster():
     assert styles.style_path("/a/b/mask.tif") == "/a/b/mask.qml"
+
+
+def test_polygon_areas_without_crs_are_in_map_units_and_say_so(tmp_path, small_tile_model):
+    src = synthetic.write_geotiff(tmp_path / "nocrs.tif", stack_from_clouds(patches()), epsg=None)
+    vector = str(tmp_path / "v.gpkg")
+    result = pipeline.run(
+        pipeline.MaskRequest(src, str(tmp_path / "m.tif"), model=small_tile_model, vector=vector)
+    )
+    field, rows = polygons(vector)
+    assert field == "area"
+    assert result.summary["polygons"]["area_unit"].startswith("square map units")
+    assert sum(r[2] for r in rows) == pytest.approx(result.stats.cloud_pixels * PIXEL**2)
+
+
+def test_masked_image_of_a_product_keeps_its_dn_and_band_names(tmp_path, small_tile_model):
+    from tests.support import s2product
+
+    clouds = patches()
+    stack = stack_from_clouds(clouds)  # B02, B03, B04, B08
+    product = s2product.write_product(tmp_path, stack + 1000, level="L2A", zip_it=True)
+    masked = str(tmp_path / "masked.tif")
+    pipeline.run(
+        pipeline.MaskRequest(
+            str(product.zip), str(tmp_path / "m.tif"), model=small_tile_model, masked=masked
+        )
+    )
+    out = gdal.Open(masked)
+    names = [out.GetRasterBand(i + 1).GetDescription().split(",")[0] for i in range(4)]
+    assert names == ["B4", "B3", "B2", "B8"]  # the product's 10 m order
+    data = out.ReadAsArray()
+    np.testing.assert_array_equal(data[2][~clouds], stack[0][~clouds] + 1000)  # DN as stored
+    assert (data[:, clouds] == 0).all()
+    assert all(out.GetRasterBand(i + 1).GetNoDataValue() == 0 for i in range(4))
+    # masked again, it is read like the product: the offset is still known
+    again = pipeline.run(
+        pipeline.MaskRequest(masked, str(tmp_path / "m2.tif"), model=small_tile_model)
+    )
+    assert again.settings["radiometry"]["value"] == "(DN - 1000) / 10000"
+    assert again.stats.cloud_pixels == 0
