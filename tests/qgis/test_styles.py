@@ -206,3 +206,21 @@ def test_polygon_layer_is_empty_not_an_error_without_clouds(run_alg, tmp_path):
     assert res["CLOUD_PIXELS"] == 0
     ds = ogr.Open(res["OUTPUT_VECTOR"])
     assert ds.GetLayer(0).GetFeatureCount() == 0
+
+
+def test_without_onnxruntime_the_algorithm_still_loads_with_model_defaults_unset(
+    cloudmask_provider, monkeypatch
+):
+    # Mock (the only way here): make `import onnxruntime` fail as on a bare QGIS.
+    from qgis_cloudmask.cloudmask_processing.detect_clouds import DetectCloudsAlgorithm
+
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    pipeline._bundled_info.cache_clear()
+    try:
+        alg = DetectCloudsAlgorithm()
+        alg.initAlgorithm()
+        threshold = alg.parameterDefinition("THRESHOLD")
+        assert threshold.defaultValue() is None
+        assert threshold.flags() & QgsProcessingParameterDefinition.FlagOptional
+    finally:
+        pipeline._bundled_info.cache_clear()
