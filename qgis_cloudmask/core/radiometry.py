@@ -56,6 +56,10 @@ OPTION_NAMES: dict[Radiometry, str] = {
 }
 
 S2_SCALE = 1.0 / sentinel2.QUANTIFICATION
+#: Reflectance fed to a model is clipped to [0, MAX_REFLECTANCE]: above it lie only saturated
+#: pixels (Sentinel-2 writes 65535 DN) and garbage (3e38 in a float raster), and an unbounded
+#: value overflows the network's convolutions into NaN for the whole tile and its neighbours.
+MAX_REFLECTANCE = 2.0
 S2_OFFSET_DN = sentinel2.BASELINE_04_OFFSET
 
 #: Percentile of the valid pixels of each band that stands for "the darkest pixels".
@@ -131,22 +135,30 @@ class Conversion:
         return {"scale": list(self.scale), "offset": list(self.offset), "formula": self.formula()}
 
 
-def to_reflectance(values: np.ndarray, conversion: Conversion) -> np.ndarray:
-    """Convert stored values ``C x ...`` (any numeric dtype) to float32 reflectance, clipped
-    at 0.
-
-    Negative values (dark water after the baseline 04.00 offset, noise) are not physical and
-    were never seen in training; training reads its imagery through this same function.
-    """
-    out = values.astype(np.float32, copy=True)
+def _scaled(values: np.ndarray, conversion: Conversion) -> np.ndarray:
+    """``(values + offset) * scale`` per channel as float32, not clipped (overflow: inf)."""
     shape = (len(conversion.scale),) + (1,) * (values.ndim - 1)
     offset = np.asarray(conversion.offset, np.float32).reshape(shape)
     scale = np.asarray(conversion.scale, np.float32).reshape(shape)
-    if np.any(offset):
-        out += offset
-    if np.any(scale != 1.0):
-        out *= scale
-    np.maximum(out, 0.0, out=out)  # NaN stays NaN (nodata)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = values.astype(np.float32, copy=True)
+        if np.any(offset):
+            out += offset
+        if np.any(scale != 1.0):
+            out *= scale
+    return out
+
+
+def to_reflectance(values: np.ndarray, conversion: Conversion) -> np.ndarray:
+    """Convert stored values ``C x ...`` (any numeric dtype) to float32 reflectance, clipped
+    to ``[0, MAX_REFLECTANCE]``.
+
+    Negative values (dark water after the baseline 04.00 offset, noise) are not physical and
+    were never seen in training; training reads its imagery through this same function.
+    Overflowing values (a 3e38 float, inf) are clipped like saturated ones.
+    """
+    out = _scaled(values, conversion)
+    np.clip(out, 0.0, MAX_REFLECTANCE, out=out)  # NaN stays NaN (nodata)
     return out
 
 
@@ -389,7 +401,7 @@ def _plausibility(conv: Conversion, sample: DataSample | None) -> str | None:
     """A warning when the converted sample does not look like reflectance, else ``None``."""
     if sample is None or not sample.n_valid:
         return None
-    refl = to_reflectance(sample.values, conv)
+    refl = _scaled(sample.values, conv)  # unclipped: DN read as reflectance stay in the 1000s
     median = float(np.median(refl))
     if median > FLOAT_REFLECTANCE_MAX_MEDIAN:
         return (

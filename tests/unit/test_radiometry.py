@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from qgis_cloudmask.core import radiometry
 from qgis_cloudmask.core.radiometry import (
     Conversion,
     Radiometry,
@@ -16,9 +17,10 @@ DN = np.array([[[0, 1000, 2500, 10000, 65535]]], dtype=np.uint16)
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        (Radiometry.S2_DN, [0.0, 0.1, 0.25, 1.0, 6.5535]),
-        (Radiometry.S2_DN_OFFSET, [0.0, 0.0, 0.15, 0.9, 6.4535]),  # clipped at 0
-        (Radiometry.REFLECTANCE, [0.0, 1000.0, 2500.0, 10000.0, 65535.0]),
+        # clipped to [0, 2]: 65535 is Sentinel-2's saturated value
+        (Radiometry.S2_DN, [0.0, 0.1, 0.25, 1.0, 2.0]),
+        (Radiometry.S2_DN_OFFSET, [0.0, 0.0, 0.15, 0.9, 2.0]),
+        (Radiometry.REFLECTANCE, [0.0, 2.0, 2.0, 2.0, 2.0]),
     ],
 )
 def test_dn_conversions(mode, expected):
@@ -68,3 +70,12 @@ def test_negative_reflectance_is_clipped_to_zero_and_nan_kept():
     values = np.array([[[-0.02, 0.1, np.nan]]], dtype=np.float32)
     out = to_reflectance(values, Conversion.for_mode(Radiometry.REFLECTANCE, 1))
     assert out[0, 0, 0] == 0.0 and out[0, 0, 1] == np.float32(0.1) and np.isnan(out[0, 0, 2])
+
+
+@pytest.mark.parametrize("value", [3e38, np.finfo(np.float32).max, 1e300, np.inf])
+def test_overflowing_values_are_clipped_not_passed_on(value):
+    dtype = np.float64 if value == 1e300 else np.float32
+    values = np.array([[[0.1, value]]], dtype=dtype)
+    out = to_reflectance(values, Conversion.for_mode(Radiometry.REFLECTANCE, 1))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert out[0, 0, 1] == radiometry.MAX_REFLECTANCE
