@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
+import sys
 import uuid
 from dataclasses import dataclass, replace
 
@@ -174,12 +177,68 @@ def raw_reader(ds: gdal.Dataset, bands: list[int]):
     return read_raw
 
 
+#: Marks temporary files: ``.<stem>.partial-<host>-<pid>-<random><ext>``. Host and process id
+#: let a later run tell the leftovers of a killed run (removed) from a running one (kept).
+PARTIAL = ".partial-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
 def temporary_path(path: str) -> str:
     """A hidden sibling of ``path`` with its extension (same folder: the final move is a
-    rename; same extension: drivers that look at it are happy)."""
+    rename; same extension: drivers that look at it are happy), naming this host and process."""
     folder, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
-    return os.path.join(folder, f".{stem}.partial-{uuid.uuid4().hex[:8]}{ext}")
+    tag = f"{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return os.path.join(folder, f".{stem}{PARTIAL}{tag}{ext}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (without signalling it)."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":  # os.kill would terminate the process there
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(path: str) -> list[str]:
+    """Delete the temporary files of ``path``'s earlier runs on this host whose process is gone
+    (killed runs: a normal end, failure or cancel removes its own). Returns what was removed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem = os.path.splitext(name)[0]
+    pattern = re.compile(re.escape(f".{stem}{PARTIAL}{_host()}-") + r"(\d+)-")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for candidate in names:
+        m = pattern.match(candidate)
+        if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
+            try:
+                os.remove(os.path.join(folder, candidate))
+                removed.append(candidate)
+            except OSError:
+                pass
+    return removed
 
 
 #: Sidecars GDAL or QGIS may leave beside a file (removed with a temporary file; a stale one
@@ -208,7 +267,9 @@ class Staging:
             self._open.pop().close()
 
     def add(self, target: str) -> str:
-        """A temporary path for ``target``, moved there by :meth:`commit`."""
+        """A temporary path for ``target``, moved there by :meth:`commit` (leftovers of killed
+        runs for the same target are removed first)."""
+        remove_stale_partials(target)
         temp = temporary_path(target)
         self.pairs.append((temp, target))
         return temp
