@@ -291,18 +291,13 @@ def resolve(request: MaskRequest) -> Resolved:
     except raster_io.RasterError as exc:
         raise PipelineError(str(exc)) from exc
     info = source.info
-    if info.data_type not in raster_io.SUPPORTED_TYPES:
-        raise PipelineError(
-            f"The input raster stores {info.data_type} values; Sentinel-2 reflectance needs "
-            f"16-bit integers (DN) or floats ({', '.join(raster_io.SUPPORTED_TYPES)}). An "
-            "8-bit raster is usually a rendered picture, not reflectance."
-        )
     model = load_model(request.model, request.threads)
     mi = model.info
     try:
         chosen = band_choice.choose_bands(info.band_count, source.band_labels, request.bands)
     except band_choice.BandError as exc:
         raise ParameterError(str(exc)) from exc
+    _check_band_types(info, chosen.ordered(mi.band_roles))
 
     if request.overlap is None:
         overlap = Setting(mi.recommended_overlap, "recommended by the model")
@@ -352,6 +347,25 @@ def resolve(request: MaskRequest) -> Resolved:
         buffer_px,
         warnings,
     )
+
+
+def _check_band_types(info: raster_io.RasterInfo, bands: list[int]) -> None:
+    """Every chosen band holds DN or reflectance, and all of one kind (integer or float)."""
+    types = {b: info.data_types[b - 1] for b in bands}
+    for band, kind in types.items():
+        if kind not in raster_io.SUPPORTED_TYPES:
+            raise PipelineError(
+                f"Band {band} of the input raster stores {kind} values; Sentinel-2 reflectance "
+                f"needs 16-bit integers (DN) or floats ({', '.join(raster_io.SUPPORTED_TYPES)}). "
+                "An 8-bit raster is usually a rendered picture, not reflectance."
+            )
+    if len({info.is_float(b) for b in bands}) > 1:
+        listed = ", ".join(f"band {b}: {kind}" for b, kind in types.items())
+        raise PipelineError(
+            f"The chosen bands mix integer and float values ({listed}): they cannot hold the "
+            "same radiometry. Build the stack from bands of one type (e.g. gdal_translate -ot "
+            "UInt16 or gdalbuildvrt from files of one type)."
+        )
 
 
 def _post_settings(

@@ -111,15 +111,17 @@ class MaskedImage:
 
     def __init__(self, source: gdal.Dataset, info: raster_io.RasterInfo, path: str) -> None:
         self.source, self.info = source, info
-        first = source.GetRasterBand(1)
-        self.ds = raster_io.create_like(path, info, first.DataType, info.band_count)
+        dtype = source.GetRasterBand(1).DataType
+        for i in range(1, info.band_count):  # one type for all bands: wide enough for each
+            dtype = gdal.DataTypeUnion(dtype, source.GetRasterBand(i + 1).DataType)
+        self.ds = raster_io.create_like(path, info, dtype, info.band_count)
         self.ds.SetMetadata(source.GetMetadata() or {})
         self.nodata = []
         for i in range(info.band_count):
             src, dst = source.GetRasterBand(i + 1), self.ds.GetRasterBand(i + 1)
             value = info.nodata[i]
             if value is None:
-                value = float("nan") if info.is_float else 0.0
+                value = float("nan") if gdal.GetDataTypeName(dtype).startswith("Float") else 0.0
             dst.SetNoDataValue(value)
             dst.SetDescription(src.GetDescription())
             dst.SetMetadata(src.GetMetadata() or {})
@@ -201,8 +203,8 @@ def area_rule(info: raster_io.RasterInfo) -> AreaRule:
     """Square metres where the CRS allows (projected: by its unit; geographic: in a Lambert
     azimuthal equal-area projection centred on the scene), else square map units."""
     srs = info.spatial_ref
-    if srs is None:
-        return AreaRule("area", "square map units (the raster has no CRS)")
+    if srs is None or info.geotransform is None:
+        return AreaRule("area", info.area_unit)
     if srs.IsGeographic():
         lon, lat = info.centre
         laea = osr.SpatialReference()

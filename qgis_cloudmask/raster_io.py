@@ -39,19 +39,26 @@ class RasterInfo:
     width: int
     height: int
     band_count: int
-    data_type: str
+    #: GDAL type name of each band (a VRT may mix them)
+    data_types: tuple[str, ...]
     nodata: tuple[float | None, ...]
-    geotransform: tuple[float, ...]
+    #: ``None``: the raster is not georeferenced by a geotransform (outputs get none either)
+    geotransform: tuple[float, ...] | None
     projection: str
+    #: ground control points (georeferencing without a geotransform), copied to outputs
+    gcps: tuple = ()
+    gcp_projection: str = ""
 
-    @property
-    def is_float(self) -> bool:
-        return self.data_type.startswith("Float")
+    def is_float(self, band: int) -> bool:
+        """Whether 1-based ``band`` stores floating-point values."""
+        return self.data_types[band - 1].startswith("Float")
 
     @property
     def pixel_area(self) -> float:
-        """Area of one pixel in map units squared (from the geotransform)."""
+        """Area of one pixel in map units squared (1 square pixel without a geotransform)."""
         gt = self.geotransform
+        if gt is None:
+            return 1.0
         return abs(gt[1] * gt[5] - gt[2] * gt[4])
 
     def with_nodata(self, value: float) -> RasterInfo:
@@ -94,9 +101,9 @@ class RasterInfo:
         """
         srs = self.spatial_ref
         gt = self.geotransform
-        sx, sy = math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5])
-        if srs is None:
+        if srs is None or gt is None:
             raise ValueError("the raster has no coordinate reference system")
+        sx, sy = math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5])
         if srs.IsGeographic():
             lat = math.radians(self.centre[1])
             a, e2 = 6378137.0, 0.00669437999014
@@ -112,8 +119,10 @@ class RasterInfo:
     def area_unit(self) -> str:
         """The unit of areas computed from the geotransform, in words (as QGIS writes them)."""
         srs = self.spatial_ref
+        if self.geotransform is None:
+            return "square pixels (the raster has no geotransform)"
         if srs is None:
-            return "square pixels (the raster has no CRS)"
+            return "square map units (the raster has no CRS)"
         if srs.IsGeographic():
             return "square degrees"
         metres = srs.GetLinearUnits()
@@ -136,15 +145,18 @@ AREA_UNITS = (
 def describe(ds: gdal.Dataset, path: str) -> RasterInfo:
     """What the pipeline needs to know of an open dataset."""
     bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
+    gt = ds.GetGeoTransform(can_return_null=True)
     return RasterInfo(
         path=path,
         width=ds.RasterXSize,
         height=ds.RasterYSize,
         band_count=ds.RasterCount,
-        data_type=gdal.GetDataTypeName(bands[0].DataType) if bands else "none",
+        data_types=tuple(gdal.GetDataTypeName(b.DataType) for b in bands),
         nodata=tuple(b.GetNoDataValue() for b in bands),
-        geotransform=tuple(ds.GetGeoTransform()),
+        geotransform=tuple(gt) if gt is not None else None,
         projection=ds.GetProjection(),
+        gcps=tuple(ds.GetGCPs() or ()),
+        gcp_projection=ds.GetGCPProjection() or "",
     )
 
 
@@ -318,9 +330,12 @@ def create_like(
         )
     except RuntimeError as exc:
         raise RasterError(f"Cannot create '{path}': {exc}") from exc
-    ds.SetGeoTransform(info.geotransform)
+    if info.geotransform is not None:
+        ds.SetGeoTransform(info.geotransform)
     if info.projection:
         ds.SetProjection(info.projection)
+    if info.gcps:
+        ds.SetGCPs(info.gcps, info.gcp_projection)
     if description:
         ds.GetRasterBand(1).SetDescription(description)
     return ds

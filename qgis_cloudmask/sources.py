@@ -267,7 +267,7 @@ def radiometry_facts(source: Source, bands: list[int], channel_names) -> radiome
             if date is None and facts.get("date"):
                 date, date_source = facts["date"], f"file name '{facts['name']}'"
     return radiometry.Facts(
-        is_float=source.info.is_float,
+        is_float=all(source.info.is_float(b) for b in bands),
         channel_names=names,
         declared=tuple(declared),
         product_offsets=product_offsets,

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from osgeo import gdal
+from osgeo import gdal, osr
 
 from qgis_cloudmask import pipeline
 from qgis_cloudmask.core import sentinel2
@@ -132,4 +132,86 @@ def test_bad_parameters_are_parameter_errors(tmp_path, pixel_model, kw, match):
     with pytest.raises(pipeline.ParameterError, match=match):
         pipeline.run(
             pipeline.MaskRequest(src, str(tmp_path / "m.tif"), model=str(pixel_model), **kw)
+        )
+
+
+def _no_georeferencing(path, scene):
+    """A GeoTIFF with neither geotransform nor CRS (as a camera or a raw export writes it)."""
+    synthetic.write_geotiff(path, scene, geotransform=None, epsg=None)
+    return str(path)
+
+
+def test_raster_without_georeferencing_gives_outputs_without_it(tmp_path, pixel_model):
+    src = _no_georeferencing(tmp_path / "raw.tif", synthetic.sample_scene(90, 100, seed=2))
+    res = pipeline.run(
+        pipeline.MaskRequest(
+            src, str(tmp_path / "m.tif"), probability=str(tmp_path / "p.tif"), model=pixel_model
+        )
+    )
+    for name in ("m.tif", "p.tif"):  # not (0, 1, 0, 0, 0, 1): QGIS would draw it mirrored
+        assert gdal.Open(str(tmp_path / name)).GetGeoTransform(can_return_null=True) is None
+    assert res.area_unit == "square pixels (the raster has no geotransform)"
+    assert res.cloud_area == res.stats.cloud_pixels
+
+
+def test_raster_with_geotransform_but_no_crs_counts_area_in_map_units(tmp_path, pixel_model):
+    scene = synthetic.sample_scene(90, 100, seed=2)
+    src = synthetic.write_geotiff(tmp_path / "nocrs.tif", scene, epsg=None)
+    res = pipeline.run(pipeline.MaskRequest(src, str(tmp_path / "m.tif"), model=pixel_model))
+    assert res.area_unit == "square map units (the raster has no CRS)"
+    assert res.cloud_area == res.stats.cloud_pixels * 100.0  # 10 x 10 map units per pixel
+
+
+def test_gcp_georeferencing_is_copied_to_the_outputs(tmp_path, pixel_model):
+    src = _no_georeferencing(tmp_path / "gcp.tif", synthetic.sample_scene(60, 70, seed=2))
+    ds = gdal.Open(src, gdal.GA_Update)
+    gcps = [
+        gdal.GCP(500000 + 10 * x, 5000000 - 10 * y, 0, x, y) for x, y in ((0, 0), (70, 0), (0, 60))
+    ]
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetGCPs(gcps, srs.ExportToWkt())
+    ds = None
+    pipeline.run(pipeline.MaskRequest(src, str(tmp_path / "m.tif"), model=str(pixel_model)))
+    out = gdal.Open(str(tmp_path / "m.tif"))
+    assert out.GetGCPCount() == 3 and "32633" in out.GetGCPProjection()
+
+
+def _vrt_of(tmp_path, files):
+    vrt = str(tmp_path / "stack.vrt")
+    gdal.BuildVRT(vrt, [str(f) for f in files], separate=True)
+    return vrt
+
+
+def test_vrt_mixing_integer_and_float_bands_is_refused_naming_them(tmp_path, pixel_model):
+    scene = synthetic.sample_scene(50, 60, seed=2)
+    files = []
+    for i in range(4):
+        band = scene[i : i + 1] if i < 3 else (scene[i : i + 1] / 10000).astype(np.float32)
+        files.append(synthetic.write_geotiff(tmp_path / f"layer{i}.tif", band))
+    with pytest.raises(pipeline.PipelineError, match=r"mix integer and float.*band 4: Float32"):
+        pipeline.run(
+            pipeline.MaskRequest(
+                _vrt_of(tmp_path, files), str(tmp_path / "m.tif"), model=pixel_model
+            )
+        )
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_an_unsupported_band_that_is_not_chosen_does_not_matter(tmp_path, pixel_model):
+    scene = synthetic.sample_scene(50, 60, seed=2)
+    files = [
+        synthetic.write_geotiff(tmp_path / f"layer{i}.tif", scene[i : i + 1]) for i in range(4)
+    ]
+    files.append(synthetic.write_geotiff(tmp_path / "qa.tif", np.ones((1, 50, 60), np.uint8)))
+    vrt = _vrt_of(tmp_path, files)
+    ds = gdal.Open(vrt, gdal.GA_Update)
+    for i, name in enumerate(["B02", "B03", "B04", "B08", "QA"]):
+        ds.GetRasterBand(i + 1).SetDescription(name)
+    ds = None
+    res = pipeline.run(pipeline.MaskRequest(vrt, str(tmp_path / "m.tif"), model=pixel_model))
+    assert res.stats.valid_pixels == 50 * 60
+    with pytest.raises(pipeline.PipelineError, match="Band 5 of the input raster stores Byte"):
+        pipeline.run(
+            pipeline.MaskRequest(vrt, str(tmp_path / "m2.tif"), model=pixel_model, bands={"nir": 5})
         )
