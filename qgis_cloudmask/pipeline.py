@@ -303,10 +303,7 @@ def resolve(request: MaskRequest) -> Resolved:
         overlap = Setting(mi.recommended_overlap, "recommended by the model")
     else:
         overlap = Setting(int(request.overlap), "set by OVERLAP")
-    try:
-        tiling.check_overlap(mi.tile_size, overlap.value)
-    except ValueError as exc:
-        raise ParameterError(f"Tile overlap: {exc}.") from exc
+    _check_overlap(overlap.value, mi.tile_size, mi.recommended_overlap, info)
     if request.threshold is None:
         threshold = Setting(mi.threshold, "the model's default")
     else:
@@ -346,6 +343,25 @@ def resolve(request: MaskRequest) -> Resolved:
         buffer,
         buffer_px,
         warnings,
+    )
+
+
+def _check_overlap(overlap: int, tile: int, recommended: int, info: raster_io.RasterInfo) -> None:
+    """0 to half the tile: more costs many times the work for no better blend."""
+    limit = tile // 2
+    if 0 <= overlap <= limit:
+        return
+    text = f"The tile overlap must be 0 to {limit} px for this model's {tile}-px tiles"
+    if overlap >= tile or overlap < 0:
+        raise ParameterError(f"{text}, got {overlap} (the model recommends {recommended}).")
+
+    def tiles(o: int) -> int:
+        rows = tiling.tile_starts(info.height, tile, o)
+        return len(rows) * len(tiling.tile_starts(info.width, tile, o))
+
+    raise ParameterError(
+        f"{text}, got {overlap}: it would run {tiles(overlap)} tiles on this raster instead of "
+        f"{tiles(recommended)} with the recommended {recommended} px, for no better blend."
     )
 
 

@@ -122,7 +122,10 @@ def test_reporter_gets_progress_log_and_can_cancel(tmp_path, pixel_model):
     [
         ({"threshold": float("nan")}, "between 0 and 1"),
         ({"threshold": 1.5}, "between 0 and 1"),
-        ({"overlap": 224}, "smaller than the tile size"),
+        ({"overlap": 224}, "0 to 112 px for this model's 224-px tiles, got 224"),
+        ({"overlap": -1}, "0 to 112 px"),
+        # 50 x 50 px fits one tile whatever the overlap; the cost shows on bigger rasters
+        ({"overlap": 113}, "0 to 112 px for this model's 224-px tiles, got 113"),
         ({"batch_size": 0}, "between 1 and 256"),
         ({"bands": {"red": 9}}, "red band is set to 9"),
     ],
@@ -133,6 +136,15 @@ def test_bad_parameters_are_parameter_errors(tmp_path, pixel_model, kw, match):
         pipeline.run(
             pipeline.MaskRequest(src, str(tmp_path / "m.tif"), model=str(pixel_model), **kw)
         )
+
+
+def test_an_overlap_near_the_tile_size_is_refused_with_its_cost(tmp_path, pixel_model):
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", synthetic.sample_scene(512, 512, seed=1))
+    with pytest.raises(pipeline.ParameterError, match=r"run 83521 tiles .* instead of 9 with"):
+        pipeline.run(
+            pipeline.MaskRequest(src, str(tmp_path / "m.tif"), model=str(pixel_model), overlap=223)
+        )
+    assert os.listdir(tmp_path) == ["s2.tif"]
 
 
 def _no_georeferencing(path, scene):
