@@ -452,14 +452,14 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
     plan = inference.TilingPlan(info.height, info.width, mi.tile_size, resolved.overlap.value)
     _log_settings(resolved, reporter, plan)
     bands = resolved.model_bands
-    read_rows = inference.reflectance_reader(
+    read_window = inference.reflectance_reader(
         raster_io.raw_reader(source.dataset, bands),
         [info.nodata[b - 1] for b in bands],
         resolved.radiometry.conversion,
     )
     steps = _Steps(reporter, resolved, request)
     try:
-        with raster_io.Staging() as staging:
+        with raster_io.capped_block_cache(), raster_io.Staging() as staging:
             out = staging.track(
                 raster_io.OutputRasters(
                     info, staging, request.output, request.probability, resolved.buffer_px > 0
@@ -470,7 +470,7 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
                 plan,
                 resolved.threshold.value,
                 resolved.batch_size.value,
-                read_rows,
+                read_window,
                 out.write_rows,
                 progress=steps.reporter_for("inference"),
                 is_canceled=reporter.canceled,
@@ -491,13 +491,13 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
     except inference.Cancelled:
         raise Cancelled("Cancelled by the user: no output was written.") from None
     except raster_io.RasterError as exc:
-        raise PipelineError(str(exc)) from exc
+        raise PipelineError(_with_hint(str(exc), request)) from exc
     except ModelError as exc:
         raise PipelineError(str(exc)) from exc
     except (RuntimeError, OSError) as exc:
         if reporter.canceled():  # GDAL's algorithms stop through their progress callback
             raise Cancelled("Cancelled by the user: no output was written.") from None
-        raise PipelineError(f"Writing the outputs failed: {exc}") from exc
+        raise PipelineError(_with_hint(f"Writing the outputs failed: {exc}", request)) from exc
     reporter.progress(1.0)
     text = (
         f"Cloud cover {stats.cloud_percent:.2f} % of valid pixels ({stats.cloud_pixels} "
@@ -507,6 +507,17 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
         text += f", {stats.buffer_pixels} cloud buffer = {stats.buffer_percent:.2f} %"
     reporter.info(f"{text}); cloud area {summary['cloud_area']:g} {summary['area_unit']}.")
     return MaskResult(stats, summary)
+
+
+def _with_hint(message: str, request: MaskRequest) -> str:
+    """A failed write (disk full, quota, file size limit) says where to look."""
+    if not message.startswith("Writing the outputs failed"):
+        return message
+    folder = os.path.dirname(os.path.abspath(request.output))
+    return (
+        f"{message.rstrip('.')}. Check the free disk space and write permission in '{folder}' "
+        "(and of the other outputs' folders); no output was written."
+    )
 
 
 class _Steps:
@@ -558,7 +569,7 @@ def _post_process(
             out.mask_band,
             info,
             resolved.min_cloud_size.value,
-            staging.scratch(request.output),
+            staging.scratch(request.output, ".gpkg"),
             steps.gdal_callback("sieve"),
         )
         extra["removed_cloud_pixels"] = removed
@@ -567,33 +578,40 @@ def _post_process(
             f"{resolved.min_cloud_size.value} pixels."
         )
     distance = None
-    if resolved.buffer_px > 0:
-        reporter.info(f"Cloud buffer: {resolved.buffer.reason.removeprefix('set by BUFFER: ')}.")
-        distance = postprocess.cloud_distance(
-            out.mask_band,
-            info,
-            resolved.buffer_px,
-            staging.scratch(request.output),
-            steps.gdal_callback("buffer"),
-        )
-    if "final" in steps.spans:
-        masked = None
-        if request.masked:
-            masked = staging.track(
-                postprocess.MaskedImage(resolved.source.dataset, info, staging.add(request.masked))
+    try:
+        if resolved.buffer_px > 0:
+            reporter.info(
+                f"Cloud buffer: {resolved.buffer.reason.removeprefix('set by BUFFER: ')}."
             )
-        stats = postprocess.final_pass(
-            out.mask_band,
-            info,
-            distance,
-            resolved.buffer_px,
-            masked,
-            steps.reporter_for("final"),
-            reporter.canceled,
-        )
-        if masked is not None:
-            masked.close()
-    distance = None  # closes the scratch file
+            distance = postprocess.cloud_distance(
+                out.mask_band,
+                info,
+                resolved.buffer_px,
+                staging.scratch(request.output),
+                steps.gdal_callback("buffer"),
+            )
+        if "final" in steps.spans:
+            masked = None
+            if request.masked:
+                masked = staging.track(
+                    postprocess.MaskedImage(
+                        resolved.source.dataset, info, staging.add(request.masked)
+                    )
+                )
+            stats = postprocess.final_pass(
+                out.mask_band,
+                info,
+                distance,
+                resolved.buffer_px,
+                masked,
+                steps.reporter_for("final"),
+                reporter.canceled,
+            )
+            if masked is not None:
+                masked.close()
+    finally:
+        with raster_io.gdal_quiet():  # closes the scratch file (deleted either way)
+            distance = None
     mask_temp = out.mask_temp
     out.close()
     if request.vector:

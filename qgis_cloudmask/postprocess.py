@@ -56,27 +56,39 @@ def remove_small_clouds(
     scratch: str,
     progress: GdalProgress,
 ) -> int:
-    """Set cloud patches of fewer than ``min_size`` pixels (8-connected) to clear.
+    """Set every cloud patch of fewer than ``min_size`` pixels (8-connected) to clear; clear
+    and nodata pixels never change. Returns the number of cloud pixels removed.
 
-    GDAL's sieve merges a small patch into its largest neighbour; it runs on a cloud / not-cloud
-    copy and only its cloud -> clear changes are kept, so clear areas never become cloud.
-    Returns the number of cloud pixels removed.
+    Exact by construction: GDAL polygonizes the patches (8-connected, into a scratch
+    GeoPackage, so memory does not grow with their number), each polygon's area in pixels is
+    its size, and the small ones are rasterized back as clear. GDAL's sieve is not used: it
+    merges a small patch into its largest neighbour, which keeps a small cloud inside a small
+    clear gap of a larger cloud, and every cloud when no clear area reaches the size.
     """
-    binary_ds = raster_io.create_like(scratch, info, gdal.GDT_Byte)
-    binary = binary_ds.GetRasterBand(1)
-    for y0, y1 in _blocks(info.height):
-        rows = mask.ReadAsArray(0, y0, info.width, y1 - y0)
-        binary.WriteArray((rows == CLOUD).astype(np.uint8), 0, y0)
-    gdal.SieveFilter(binary, None, binary, int(min_size), 8, callback=progress)
-    removed = 0
-    for y0, y1 in _blocks(info.height):
-        rows = mask.ReadAsArray(0, y0, info.width, y1 - y0)
-        gone = (rows == CLOUD) & (binary.ReadAsArray(0, y0, info.width, y1 - y0) == 0)
-        if gone.any():
-            rows[gone] = CLEAR
-            mask.WriteArray(rows, 0, y0)
-            removed += int(gone.sum())
-    binary_ds = None
+    pixel_area = info.pixel_area
+    store = ogr.GetDriverByName("GPKG").CreateDataSource(scratch)
+    try:
+        layer = store.CreateLayer("patches", srs=info.spatial_ref, geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
+        layer.CreateField(ogr.FieldDefn("small", ogr.OFTInteger))
+        # the band is its own mask: clear (0) makes no polygon; cloud and nodata do
+        gdal.Polygonize(mask, mask, layer, 0, ["8CONNECTED=8"], callback=progress)
+        removed = 0
+        layer.SetAttributeFilter(f"value = {CLOUD}")
+        layer.StartTransaction()
+        for feature in layer:
+            pixels = round(feature.GetGeometryRef().GetArea() / pixel_area)
+            if pixels < min_size:
+                feature.SetField("small", 1)
+                layer.SetFeature(feature)
+                removed += pixels
+        layer.CommitTransaction()
+        if removed:
+            layer.SetAttributeFilter(f"value = {CLOUD} AND small = 1")
+            gdal.RasterizeLayer(mask.GetDataset(), [1], layer, burn_values=[CLEAR])
+    finally:
+        with raster_io.gdal_quiet():  # a scratch file: deleted either way
+            feature = layer = store = None
     return removed
 
 
@@ -144,9 +156,9 @@ class MaskedImage:
             self.ds.GetRasterBand(i + 1).WriteArray(rows[i], 0, y0)
 
     def close(self) -> None:
-        if self.ds is not None:
-            self.ds.FlushCache()
+        datasets = [self.ds]
         self.ds = None
+        raster_io.close_datasets(datasets)
 
 
 def final_pass(
@@ -311,8 +323,9 @@ def polygonize(
         layer.CommitTransaction()
         layer.SetMetadataItem("AREA_UNIT", rule.unit)
         _store_default_style(out, styles.polygon_style(with_buffer))
-    finally:  # closed before the file is moved or deleted
-        feature = layer = out = selector = mask_ds = None
+    finally:  # closed before the file is moved or deleted; a failed write was reported
+        with raster_io.gdal_quiet():
+            feature = layer = out = selector = mask_ds = None
     return count, rule
 
 

@@ -7,16 +7,19 @@ or cancelled run leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import socket
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
-from osgeo import gdal, osr
+from osgeo import gdal, ogr, osr
 
 from qgis_cloudmask.core.classes import NODATA, mask_classes
 from qgis_cloudmask.core.inference import PROBABILITY_NODATA
@@ -179,14 +182,83 @@ def open_raster(path: str) -> tuple[gdal.Dataset, RasterInfo]:
 
 
 def raw_reader(ds: gdal.Dataset, bands: list[int]):
-    """``read_raw(y0, y1)``: stored values of the 1-based ``bands``, ``len(bands) x h x W``."""
-    width = ds.RasterXSize
+    """``read_raw(y0, y1, x0, x1)``: stored values of the 1-based ``bands`` in rows ``y0:y1`` and
+    columns ``x0:x1`` (pixels), ``len(bands) x h x w`` (a window: memory bounded by its size)."""
 
-    def read_raw(y0: int, y1: int) -> np.ndarray:
-        arr = ds.ReadAsArray(0, y0, width, y1 - y0, band_list=bands)
-        return arr.reshape(len(bands), y1 - y0, width)
+    def read_raw(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        arr = ds.ReadAsArray(x0, y0, x1 - x0, y1 - y0, band_list=bands)
+        return arr.reshape(len(bands), y1 - y0, x1 - x0)
 
     return read_raw
+
+
+#: GDAL block cache (bytes) allowed during a run: the blocks of one strip of a column block of
+#: the input and of the outputs fit (about 60 MB with 8192 px blocks), so nothing is read or
+#: written twice; GDAL's default (5 % of RAM) would count in the run's peak memory.
+BLOCK_CACHE_BYTES = 128 * 1024 * 1024
+_cache_lock = threading.Lock()
+_cache_users = 0
+_cache_saved = 0
+
+
+@contextlib.contextmanager
+def capped_block_cache(limit_bytes: int = BLOCK_CACHE_BYTES) -> Iterator[None]:
+    """Lower GDAL's block cache to ``limit_bytes`` while the block runs, then restore it.
+
+    Inside QGIS the cache is shared with the application: it is only ever lowered (a smaller
+    GDAL_CACHEMAX is kept), and restored when the last of overlapping runs (threads) ends.
+    """
+    global _cache_users, _cache_saved
+    with _cache_lock:
+        if _cache_users == 0:
+            _cache_saved = gdal.GetCacheMax()
+            if limit_bytes < _cache_saved:
+                gdal.SetCacheMax(limit_bytes)
+        _cache_users += 1
+    try:
+        yield
+    finally:
+        with _cache_lock:
+            _cache_users -= 1
+            if _cache_users == 0:
+                gdal.SetCacheMax(_cache_saved)
+
+
+@contextlib.contextmanager
+def gdal_quiet():
+    """GDAL without exceptions or messages, for closing datasets whose writes already failed:
+    otherwise their destructor raises again and Python prints "Exception ignored in
+    delete_Dataset" with a traceback after the real error was reported."""
+    # GDAL's Python modules stack their exception handlers: undo in reverse order (ogr first)
+    modules = [m for m in (ogr, gdal) if m.GetUseExceptions()]
+    for module in modules:
+        module.DontUseExceptions()
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
+        for module in reversed(modules):
+            module.UseExceptions()
+
+
+def close_datasets(datasets: list) -> None:
+    """Flush and close the datasets of ``datasets`` (the list is emptied: no reference may stay
+    in a traceback). A failed flush (disk full) still closes every dataset, quietly, and raises
+    one RasterError."""
+    errors = []
+    while datasets:
+        ds = datasets.pop()
+        if ds is None:
+            continue
+        try:
+            ds.FlushCache()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        with gdal_quiet():
+            ds = None
+    if errors:
+        raise RasterError(f"Writing the outputs failed: {errors[0]}")
 
 
 #: Marks temporary files: ``.<stem>.partial-<host>-<pid>-<random><ext>``. Host and process id
@@ -274,9 +346,17 @@ class Staging:
         self._open.append(closable)
         return closable
 
-    def _close_all(self) -> None:
+    def _close_all(self, quiet: bool = False) -> None:
         while self._open:
-            self._open.pop().close()
+            closable = self._open.pop()
+            if not quiet:
+                closable.close()
+                continue
+            with gdal_quiet():  # a write already failed (disk full...): its error was reported
+                try:
+                    closable.close()
+                except RuntimeError:
+                    pass
 
     def add(self, target: str) -> str:
         """A temporary path for ``target``, moved there by :meth:`commit` (leftovers of killed
@@ -306,7 +386,7 @@ class Staging:
 
     def discard(self) -> None:
         """Delete what is left of the temporary files (safe to call more than once)."""
-        self._close_all()
+        self._close_all(quiet=True)
         for temp, _ in self.pairs:
             for leftover in (temp, *(temp + s for s in SIDECARS)):
                 if os.path.exists(leftover):
@@ -384,13 +464,13 @@ class OutputRasters:
     def mask_band(self) -> gdal.Band:
         return self.mask_ds.GetRasterBand(1)
 
-    def write_rows(self, y0: int, probability: np.ndarray, mask: np.ndarray) -> None:
-        self.mask_band.WriteArray(mask, 0, y0)
+    def write_rows(self, y0: int, x0: int, probability: np.ndarray, mask: np.ndarray) -> None:
+        """Write a window of both outputs whose top left pixel is row ``y0``, column ``x0``."""
+        self.mask_band.WriteArray(mask, x0, y0)
         if self.prob_ds is not None:
-            self.prob_ds.GetRasterBand(1).WriteArray(probability, 0, y0)
+            self.prob_ds.GetRasterBand(1).WriteArray(probability, x0, y0)
 
     def close(self) -> None:
-        for ds in (self.mask_ds, self.prob_ds):
-            if ds is not None:
-                ds.FlushCache()
+        datasets = [self.mask_ds, self.prob_ds]
         self.mask_ds = self.prob_ds = None
+        close_datasets(datasets)

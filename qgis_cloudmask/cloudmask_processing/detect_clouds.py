@@ -7,8 +7,11 @@ parameters, reports the pipeline's messages to QGIS feedback and returns its num
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import re
 
+from osgeo import gdal
 from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
@@ -25,13 +28,16 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
-    QgsRasterLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
 
 from qgis_cloudmask import pipeline, sources, styles
 from qgis_cloudmask.core import bands as band_choice
+from qgis_cloudmask.core import model as model_info
 from qgis_cloudmask.core import radiometry
+
+#: GDAL's sieve counts pixels in 32-bit integers (a larger MIN_CLOUD_SIZE overflows it).
+MAX_MIN_CLOUD_SIZE = 2**31 - 1
 
 
 class _FeedbackReporter(pipeline.Reporter):
@@ -162,6 +168,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 QgsProcessingParameterNumber.Integer,
                 defaultValue=0,
                 minValue=0,
+                maxValue=MAX_MIN_CLOUD_SIZE,
             )
         )
         self.addParameter(  # metres whatever the CRS (a distance parameter would use its unit)
@@ -278,37 +285,94 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             self.addOutput(cls(key, self.tr(label)))
 
     # -- parameters ------------------------------------------------------------------------
+    #
+    # QGIS's own check says only "Incorrect parameter value for X", reads 99999999999 as 0 (an
+    # int overflow), a band of 2.5 as "not set" and "Could not load source layer" for a file
+    # that exists but is damaged. Every value a user types is therefore read here, once, by
+    # _value: checkParameterValues reports its message before the run, _request uses the same
+    # values (a model or a script may skip the check).
 
     def checkParameterValues(self, parameters, context):  # noqa: N802
-        """Like QGIS's check, but INPUT may also be a Sentinel-2 product (folder, zip, XML,
-        subdataset) or a GDAL path, which QGIS 3.22 cannot load as a layer by itself."""
-        value = parameters.get(self.INPUT)
-        definition = self.parameterDefinition(self.INPUT)
-        if (
-            not isinstance(value, str)
-            or not value.strip()
-            or definition.checkValueIsAcceptable(value, context)
-        ):
-            return super().checkParameterValues(parameters, context)
-        if not self._input_openable(value.strip()):
-            return False, self.tr(
-                f"Could not load the input '{value}': it is neither a raster layer, a file "
-                "GDAL reads, nor a Sentinel-2 product (.SAFE folder, .zip, MTD_MSIL1C.xml / "
-                "MTD_MSIL2A.xml or a SENTINEL2_... subdataset)."
-            )
-        for other in self.parameterDefinitions():
-            name = other.name()
-            if name != self.INPUT and not other.checkValueIsAcceptable(
-                parameters.get(name), context
-            ):
+        """Every parameter checked with a message that names it, the value seen and what is
+        allowed; INPUT may also be a Sentinel-2 product (folder, zip, XML, subdataset) or a
+        GDAL path, which QGIS 3.22 cannot load as a layer by itself."""
+        problem = self._input_problem(parameters.get(self.INPUT), context)
+        if problem:
+            return False, problem
+        for definition in self.parameterDefinitions():
+            name = definition.name()
+            if name == self.INPUT:
+                continue
+            if name in self._READ_HERE:
+                try:
+                    self._value(parameters, name, context)
+                except QgsProcessingException as exc:
+                    return False, str(exc)
+            elif not definition.checkValueIsAcceptable(parameters.get(name), context):
                 return False, self.tr(f"Incorrect parameter value for {name}")
         return True, ""
 
-    @staticmethod
-    def _input_openable(value: str) -> bool:
-        if sources.is_product_reference(value):
-            return True
-        return bool(value.startswith("/vsi") and QgsRasterLayer(value, "input", "gdal").isValid())
+    def _input_problem(self, value, context) -> str | None:
+        """Why INPUT cannot be used, or ``None``. A file is opened with GDAL and a few pixels
+        read, so a damaged one is named as such before the run instead of "not found"."""
+        definition = self.parameterDefinition(self.INPUT)
+        if not isinstance(value, str) or not value.strip():
+            # a layer object, a data-defined value, or nothing: QGIS knows best
+            if definition.checkValueIsAcceptable(value, context):
+                return None
+            return self.tr(
+                "No input raster was given (INPUT): choose a Sentinel-2 raster layer or file, or "
+                "a product (.SAFE folder, .zip, MTD_MSIL1C.xml / MTD_MSIL2A.xml)."
+            )
+        path = value.strip()
+        if sources.is_product_reference(path):
+            return None  # the pipeline opens products and explains what is wrong with one
+        if os.path.isfile(path):
+            return self._unreadable(path)
+        if os.path.isdir(path):
+            return self.tr(
+                f"The input '{path}' is a folder, but not a Sentinel-2 product: a .SAFE folder "
+                "holds MTD_MSIL1C.xml or MTD_MSIL2A.xml. Choose the raster file inside it, or "
+                "the product's .SAFE folder or .zip."
+            )
+        if definition.checkValueIsAcceptable(path, context):
+            return None  # a layer of the project (id or name) or a source QGIS loads
+        if path.startswith("/vsi"):
+            return self._unreadable(path)
+        return self.tr(
+            f"The input '{path}' does not exist: it is neither a file, a Sentinel-2 product nor "
+            "a layer of the project. Check the path (and that the drive is mounted)."
+        )
+
+    def _unreadable(self, path: str) -> str | None:
+        """Why GDAL cannot read the raster file ``path`` (open, then a few pixels), or None."""
+        prefix = f"The input '{path}' exists, but GDAL cannot read it as a raster"
+        if not path.startswith("/vsi") and os.path.getsize(path) == 0:
+            return self.tr(
+                f"{prefix}: the file is empty (0 bytes), e.g. a download or copy that did not "
+                "finish: download or copy it again."
+            )
+        try:
+            ds = gdal.Open(path, gdal.GA_ReadOnly)
+        except RuntimeError as exc:
+            return self.tr(
+                f"{prefix} ({_first_line(exc)}). It is damaged or truncated, or not a raster "
+                "at all (a text, JSON or vector file...): choose the raster file (GeoTIFF, JP2, "
+                "VRT...) or the Sentinel-2 product, or download or copy it again."
+            )
+        if ds is None or ds.RasterCount == 0:
+            return None  # no bands, e.g. a container of subdatasets: the pipeline lists them
+        w, h = ds.RasterXSize, ds.RasterYSize
+        try:
+            for x, y in ((0, 0), (w // 2, h // 2), (w - 1, h - 1)):
+                ds.ReadRaster(x, y, 1, 1)
+        except RuntimeError as exc:
+            return self.tr(
+                f"{prefix}: its pixels cannot be read ({_first_line(exc)}). The file is "
+                "truncated or damaged (an interrupted download or copy?): download or copy it "
+                "again."
+            )
+        return None
 
     def _input_path(self, parameters, context) -> str:
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -326,32 +390,122 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             return value.strip()
         raise QgsProcessingException("The input raster could not be loaded.")
 
-    @staticmethod
-    def _is_set(value) -> bool:
-        return value is not None and not (isinstance(value, str) and not value.strip())
+    #: Parameters whose values _value reads itself -> what kind of value (see _allowed).
+    _READ_HERE = {
+        THRESHOLD: "probability",
+        BUFFER: "metres",
+        MIN_CLOUD_SIZE: "pixels",
+        BATCH_SIZE: "tiles",
+        OVERLAP: "overlap",
+        RADIOMETRY: "radiometry",
+        **{key: "band" for key in band_choice.PARAMETER.values()},
+    }
 
-    def _optional(self, parameters, key, context, kind):
-        """An optional number, ``None`` when unset; a value QGIS cannot read is an error."""
-        value = parameters.get(key)
-        if not self._is_set(value):
-            return None
-        getter = self.parameterAsInt if kind is int else self.parameterAsDouble
-        number = getter(parameters, key, context)
-        if isinstance(value, str):
+    def _allowed(self, key: str, parameters, context) -> str:
+        """What ``key`` accepts, in words (ranges from the parameter definitions)."""
+        kind = self._READ_HERE[key]
+        definition = self.parameterDefinition(key)
+        if kind == "band":
+            return "a band number of the input raster: 1 for its first band (empty: automatic)"
+        if kind == "radiometry":
+            modes = "; ".join(
+                f"{int(mode)} = {radiometry.LABELS[mode]}" for mode in radiometry.Radiometry
+            )
+            names = ", ".join(radiometry.OPTION_NAMES.values())
+            return f"one of {modes} (or the name {names})"
+        if kind == "overlap":
+            tile = self._tile_size(parameters, context)
+            if tile is None:
+                return "a whole number of pixels from 0 to half the model's tile size"
+            # the limit pipeline.resolve applies (half a tile), in its words
+            return f"a whole number of pixels, 0 to {tile // 2} px for this model's {tile}-px tiles"
+        low, high = definition.minimum(), definition.maximum()
+        span = f"from {_shown(low)} to {_shown(high)}" if high < 1e300 else f"{_shown(low)} or more"
+        return {
+            "probability": f"a probability {span}",
+            "metres": f"a distance in metres, {span} (0: no buffer)",
+            "pixels": f"a whole number of pixels, {span} (0 keeps every cloud patch)",
+            "tiles": f"a whole number of tiles {span}",
+        }[kind]
+
+    def _tile_size(self, parameters, context) -> int | None:
+        """The tile size of the model that will run (MODEL, else the bundled one), if known."""
+        model = parameters.get(self.MODEL)
+        if isinstance(model, str) and model.strip():
             try:
-                float(value.strip())
-            except ValueError:
-                raise QgsProcessingException(f"{key} must be a number, got '{value}'.") from None
-        if kind is float and not math.isfinite(number):
-            raise QgsProcessingException(f"{key} must be a finite number, got '{value}'.")
+                return model_info.read_info(model.strip()).tile_size
+            except model_info.ModelError:
+                return None  # the run explains what is wrong with the model
+        info = pipeline.bundled_model_info()
+        return info.tile_size if info else None
+
+    def _refuse(self, key: str, value, parameters, context, hint: str = "") -> None:
+        shown = f"'{value}'" if isinstance(value, str) else repr(value)
+        label = self.parameterDefinition(key).description()
+        raise QgsProcessingException(
+            self.tr(
+                f"{key} ({label}) must be {self._allowed(key, parameters, context)}, got "
+                f"{shown}.{hint}"
+            )
+        )
+
+    def _value(self, parameters, key, context):
+        """The value of a parameter of :attr:`_READ_HERE`, ``None`` when unset; anything else
+        raises with a message naming the parameter, the value seen and what is allowed."""
+        value = parameters.get(key)
+        if isinstance(value, QVariant) and value.isNull():
+            value = None
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        kind = self._READ_HERE[key]
+        if not isinstance(value, (str, numbers.Real)):
+            # a data-defined value (QgsProperty...) or the like: QGIS evaluates it
+            if not self.parameterDefinition(key).checkValueIsAcceptable(value, context):
+                self._refuse(key, value, parameters, context)
+            if kind == "radiometry":
+                return radiometry.Radiometry(self.parameterAsEnum(parameters, key, context))
+            whole = kind not in ("probability", "metres")
+            getter = self.parameterAsInt if whole else self.parameterAsDouble
+            return getter(parameters, key, context)
+        if kind == "radiometry":
+            return self._radiometry(key, value, parameters, context)
+        number = _number(value)
+        if number is None:
+            hint = ""
+            if isinstance(value, str) and _DECIMAL_COMMA.fullmatch(value.strip()):
+                point = value.strip().replace(",", ".")
+                hint = f" Write decimals with a point: {point}, not {value.strip()}."
+            self._refuse(key, value, parameters, context, hint)
+        if kind in ("probability", "metres"):
+            definition = self.parameterDefinition(key)
+            if not definition.minimum() <= number <= definition.maximum():
+                self._refuse(key, value, parameters, context)
+            return float(number)
+        if number != int(number):
+            self._refuse(key, value, parameters, context)
+        number = int(number)  # a Python int: 99999999999 stays itself (QGIS reads 0)
+        if kind == "band":
+            return number  # the pipeline checks it against the input's bands
+        definition = self.parameterDefinition(key)
+        if number < definition.minimum() or number > definition.maximum():
+            self._refuse(key, value, parameters, context)
         return number
 
-    def _model_default(self, parameters, key, context, kind):
+    def _radiometry(self, key, value, parameters, context) -> radiometry.Radiometry:
+        by_name = {name: mode for mode, name in radiometry.OPTION_NAMES.items()}
+        if isinstance(value, str) and value.strip().lower() in by_name:
+            return by_name[value.strip().lower()]
+        number = None if isinstance(value, bool) else _number(value)
+        if number is None or number not in {int(m) for m in radiometry.Radiometry}:
+            self._refuse(key, value, parameters, context)
+        return radiometry.Radiometry(int(number))
+
+    def _model_default(self, parameters, key, context):
         """An optional number whose shown default is the bundled model's: left at that
         default it is ``None``, so the model that actually runs decides (its own default)."""
-        value = self._optional(parameters, key, context, kind)
+        value = self._value(parameters, key, context)
         default = self.parameterDefinition(key).defaultValue()
-        if value is not None and default is not None and value == kind(default):
+        if value is not None and default is not None and value == type(value)(default):
             return None
         return value
 
@@ -367,18 +521,17 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             masked=output(self.OUTPUT_MASKED),
             stats=self.parameterAsFileOutput(parameters, self.OUTPUT_STATS, context) or None,
             bands={
-                role: self._optional(parameters, key, context, int)
+                role: self._value(parameters, key, context)
                 for role, key in band_choice.PARAMETER.items()
             },
-            radiometry=radiometry.Radiometry(
-                self.parameterAsEnum(parameters, self.RADIOMETRY, context)
-            ),
+            radiometry=self._value(parameters, self.RADIOMETRY, context)
+            or radiometry.Radiometry.AUTOMATIC,
             model=self.parameterAsFile(parameters, self.MODEL, context) or None,
-            overlap=self._model_default(parameters, self.OVERLAP, context, int),
-            threshold=self._model_default(parameters, self.THRESHOLD, context, float),
-            batch_size=self._optional(parameters, self.BATCH_SIZE, context, int),
-            min_cloud_size=self._optional(parameters, self.MIN_CLOUD_SIZE, context, int),
-            buffer=self._optional(parameters, self.BUFFER, context, float),
+            overlap=self._model_default(parameters, self.OVERLAP, context),
+            threshold=self._model_default(parameters, self.THRESHOLD, context),
+            batch_size=self._value(parameters, self.BATCH_SIZE, context),
+            min_cloud_size=self._value(parameters, self.MIN_CLOUD_SIZE, context),
+            buffer=self._value(parameters, self.BUFFER, context),
         )
 
     # -- the work --------------------------------------------------------------------------
@@ -423,6 +576,42 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 processor = DefaultStyle(qml)
                 _POST_PROCESSORS.append(processor)
                 context.layerToLoadOnCompletionDetails(path).setPostProcessor(processor)
+
+
+#: "0,5": a decimal comma, which Python (and QGIS) cannot read as a number
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+
+
+def _number(value) -> int | float | None:
+    """A finite number from what a user typed or a script passed, else ``None``. Integers
+    stay Python ints (no overflow); NaN and infinity are no numbers here."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if isinstance(value, numbers.Integral):  # also NumPy integers
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _shown(number: float) -> str:
+    """A range limit as a person writes it: 2147483647, not 2.14748e+09."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 #: Post-processors must outlive processAlgorithm (QGIS holds no Python reference to them).

@@ -1,13 +1,21 @@
-"""Streaming tiled inference: rows of a raster in, blended probability and mask rows out.
+"""Streaming tiled inference: windows of a raster in, blended probability and mask windows out.
 
-The raster is visited one strip of tiles (``tile`` rows) at a time, so memory grows with the
-raster's width, never with its height. Within a strip, tiles are run in batches; their
-probabilities are accumulated with smooth weights (:func:`tiling.tile_weights`, zero on nodata
-pixels) and a row is thresholded once, when no later tile can touch it any more.
+Memory is bounded by a constant, whatever the raster's width and height. The raster is cut into
+column blocks (at most :data:`BLOCK_WIDTH` output columns each); every block is visited top to
+bottom one strip of tiles (``tile`` rows) at a time, reading only the columns of the tiles that
+touch the block. A block includes *every* tile that intersects its columns, so each pixel gets
+exactly the tile contributions, in the same order, as in a blend of the whole raster: the result
+does not depend on where the blocks are cut. Tiles crossing a block border are predicted once per
+block (a few percent more tiles, see :func:`column_blocks`).
+
+Within a strip, tiles are run in batches; their probabilities are accumulated with smooth
+weights (:func:`tiling.tile_weights`, zero on nodata pixels) and a row of the block is
+thresholded once, when no later tile can touch it any more.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,17 +27,27 @@ from qgis_cloudmask.core.stats import CLOUD, NODATA, CloudStats
 #: Value of nodata pixels in the probability output.
 PROBABILITY_NODATA = -1.0
 
-#: ``read_rows(y0, y1) -> (reflectance C x h x W float32, valid h x W bool)``
-ReadRows = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
-#: ``read_raw(y0, y1) -> stored values C x h x W`` (any numeric dtype, channel order of the model)
-ReadRaw = Callable[[int, int], np.ndarray]
-#: ``write_rows(y0, probability h x W float32, mask h x W uint8)``
-WriteRows = Callable[[int, np.ndarray, np.ndarray], None]
+#: Most output columns (px) processed at once. Memory of the blend is about 15 kB per column
+#: (4 channels, 224 px tiles: float32 reflectance, float64 accumulators, raw values), so about
+#: 120 MB here; each block border costs one or two tile columns predicted twice (about 3 % more
+#: tiles with 224 px tiles, overlap 32). Read at call time, so tests can shrink it.
+BLOCK_WIDTH = 8192
+#: Block borders fall on multiples of this (px) when blocks are at least that wide: the GeoTIFF
+#: outputs are written in 256 px tiles, and a compressed tile written by two blocks would be
+#: written twice (and stored twice in the file).
+BLOCK_ALIGN = 256
+
+#: ``read_window(y0, y1, x0, x1) -> (reflectance C x h x w float32, valid h x w bool)``
+ReadWindow = Callable[[int, int, int, int], tuple[np.ndarray, np.ndarray]]
+#: ``read_raw(y0, y1, x0, x1) -> stored values C x h x w`` (any numeric dtype, model's order)
+ReadRaw = Callable[[int, int, int, int], np.ndarray]
+#: ``write_window(y0, x0, probability h x w float32, mask h x w uint8)``
+WriteWindow = Callable[[int, int, np.ndarray, np.ndarray], None]
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class Cancelled(Exception):  # noqa: N818 (a request, not an error)
-    """Raised between batches when the caller asked to stop."""
+    """Raised between batches (or skipped strips) when the caller asked to stop."""
 
 
 @dataclass(frozen=True)
@@ -54,28 +72,69 @@ class TilingPlan:
         return len(self.row_starts) * len(self.col_starts)
 
 
+@dataclass(frozen=True)
+class ColumnBlock:
+    """Output columns ``[x0, x1)`` of a raster and the tiles whose columns touch them.
+
+    ``col_starts`` are tile starts of the whole raster's plan; ``read_x0:read_x1`` is the span of
+    those tiles (clipped to the raster), the columns to read.
+    """
+
+    x0: int
+    x1: int
+    col_starts: tuple[int, ...]
+    read_x0: int
+    read_x1: int
+
+
+def column_blocks(plan: TilingPlan, block_width: int | None = None) -> list[ColumnBlock]:
+    """Cut the raster's columns into blocks of at most ``block_width`` px (default
+    :data:`BLOCK_WIDTH`), of about equal width, borders on multiples of :data:`BLOCK_ALIGN`.
+
+    Each block lists every tile of the plan that intersects its columns, so its pixels get the
+    same contributions as in a whole-raster blend; the tiles predicted in all blocks together
+    exceed ``plan.n_tiles`` by those crossing a border.
+    """
+    block_width = BLOCK_WIDTH if block_width is None else int(block_width)
+    if block_width < 1:
+        raise ValueError(f"block width must be at least 1 px, got {block_width}")
+    width, t = plan.width, plan.tile
+    xs = plan.col_starts
+    align = BLOCK_ALIGN if block_width >= BLOCK_ALIGN else 1
+    n = math.ceil(width / (block_width - block_width % align))
+    size = math.ceil(width / n / align) * align  # <= block_width, n * size >= width
+    blocks = []
+    for x0 in range(0, width, size):
+        x1 = min(x0 + size, width)
+        starts = tuple(x for x in xs if x < x1 and x + t > x0)
+        blocks.append(ColumnBlock(x0, x1, starts, starts[0], min(starts[-1] + t, width)))
+    return blocks
+
+
 def reflectance_reader(
     read_raw: ReadRaw,
     nodata: Sequence[float | None],
     conversion: radiometry.Conversion,
-) -> ReadRows:
+) -> ReadWindow:
     """Wrap a raw-value reader: flag nodata, convert to reflectance, fill nodata with 0."""
 
-    def read_rows(y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-        raw = read_raw(y0, y1)
+    def read_window(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        raw = read_raw(y0, y1, x0, x1)
         valid = radiometry.valid_pixels(raw, list(nodata))
         refl = radiometry.to_reflectance(raw, conversion)
+        del raw
         refl[:, ~valid] = 0.0
         return refl, valid
 
-    return read_rows
+    return read_window
 
 
 class _RowCache:
-    """Re-reads only the rows a new strip does not share with the previous one."""
+    """Re-reads only the rows a new strip does not share with the previous one (same columns)."""
 
-    def __init__(self, read_rows: ReadRows) -> None:
-        self._read = read_rows
+    def __init__(self, read_window: ReadWindow, x0: int, x1: int) -> None:
+        self._read = read_window
+        self._x0, self._x1 = x0, x1
         self._y0 = self._y1 = 0
         self._refl: np.ndarray | None = None
         self._valid: np.ndarray | None = None
@@ -85,13 +144,21 @@ class _RowCache:
             keep = slice(y0 - self._y0, None)
             parts = [(self._refl[:, keep], self._valid[keep])]
             if y1 > self._y1:
-                parts.append(self._read(self._y1, y1))
+                parts.append(self._read(self._y1, y1, self._x0, self._x1))
+            self._refl = self._valid = None  # let the old strip go before the copy is made
             refl = np.concatenate([p[0] for p in parts], axis=1)
             valid = np.concatenate([p[1] for p in parts], axis=0)
+            del parts
         else:
-            refl, valid = self._read(y0, y1)
+            self._refl = self._valid = None
+            refl, valid = self._read(y0, y1, self._x0, self._x1)
         self._y0, self._y1, self._refl, self._valid = y0, y1, refl, valid
         return refl, valid
+
+
+def _check_cancel(is_canceled: Callable[[], bool] | None) -> None:
+    if is_canceled is not None and is_canceled():
+        raise Cancelled()
 
 
 def classify_raster(
@@ -99,61 +166,76 @@ def classify_raster(
     plan: TilingPlan,
     threshold: float,
     batch_size: int,
-    read_rows: ReadRows,
-    write_rows: WriteRows,
+    read_window: ReadWindow,
+    write_window: WriteWindow,
     progress: Callable[[float], None] | None = None,
     is_canceled: Callable[[], bool] | None = None,
+    block_width: int | None = None,
 ) -> CloudStats:
-    """Run ``predict`` over the whole raster and stream the results to ``write_rows``.
+    """Run ``predict`` over the whole raster and stream the results to ``write_window``.
 
     ``predict`` maps ``N x C x tile x tile`` reflectance to ``N x tile x tile`` probability.
-    Rows are written top to bottom, each exactly once. Tiles without a valid pixel are skipped.
-    Returns the statistics of the written mask.
+    Column blocks (:func:`column_blocks`, at most ``block_width`` px) are done left to right,
+    each top to bottom; every pixel is written exactly once. Tiles without a valid pixel are
+    skipped. ``progress`` gets a fraction rising from 0 to 1 (tiles done, predicted or
+    skipped); ``is_canceled`` is asked before every batch and for every strip of a block, also
+    when all its tiles are skipped (-> :class:`Cancelled`). Returns the statistics of the
+    written mask.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    t, height, width = plan.tile, plan.height, plan.width
-    ys, xs = plan.row_starts, plan.col_starts
-    padded_w = max(width, t)
+    t, height = plan.tile, plan.height
+    ys = plan.row_starts
+    blocks = column_blocks(plan, block_width)
     weights = tiling.tile_weights(t, plan.overlap)
-    acc_p = np.zeros((t, padded_w), dtype=np.float64)  # float64: many tiles may overlap
-    acc_w = np.zeros((t, padded_w), dtype=np.float64)
-    cache = _RowCache(read_rows)
     stats = CloudStats()
-    done, total = 0, plan.n_tiles
+    done, total = 0, len(ys) * sum(len(b.col_starts) for b in blocks)
 
-    for i, y in enumerate(ys):
-        refl, valid = cache.rows(y, min(y + t, height))
-        refl_p = tiling.pad_to(refl, t, padded_w)
-        valid_p = tiling.pad_to(valid, t, padded_w)
-        todo = [x for x in xs if valid_p[:, x : x + t].any()]
-        done += len(xs) - len(todo)
-        for b in range(0, len(todo), batch_size):
-            if is_canceled is not None and is_canceled():
-                raise Cancelled()
-            batch_x = todo[b : b + batch_size]
-            prob = predict(np.stack([refl_p[:, :, x : x + t] for x in batch_x]))
-            for x, p in zip(batch_x, prob):
-                w = weights * valid_p[:, x : x + t]
-                acc_p[:, x : x + t] += w * p
-                acc_w[:, x : x + t] += w
-            done += len(batch_x)
-            if progress is not None:
+    for block in blocks:
+        # window coordinates: column 0 is the raster's column block.read_x0
+        padded_w = max(block.read_x1 - block.read_x0, t)  # < t only for a raster narrower
+        out0, out1 = block.x0 - block.read_x0, block.x1 - block.read_x0
+        xs = [x - block.read_x0 for x in block.col_starts]
+        acc_p = np.zeros((t, padded_w), dtype=np.float64)  # float64: many tiles may overlap
+        acc_w = np.zeros((t, padded_w), dtype=np.float64)
+        cache = _RowCache(read_window, block.read_x0, block.read_x1)
+
+        for i, y in enumerate(ys):
+            refl, valid = cache.rows(y, min(y + t, height))
+            refl_p = tiling.pad_to(refl, t, padded_w)
+            valid_p = tiling.pad_to(valid, t, padded_w)
+            todo = [x for x in xs if valid_p[:, x : x + t].any()]
+            if not todo:  # a strip of nodata is quick, but the caller may still want to stop
+                _check_cancel(is_canceled)
+            done += len(xs) - len(todo)
+            for b in range(0, len(todo), batch_size):
+                _check_cancel(is_canceled)
+                batch_x = todo[b : b + batch_size]
+                prob = predict(np.stack([refl_p[:, :, x : x + t] for x in batch_x]))
+                for x, p in zip(batch_x, prob):
+                    w = weights * valid_p[:, x : x + t]
+                    acc_p[:, x : x + t] += w * p
+                    acc_w[:, x : x + t] += w
+                done += len(batch_x)
+                if progress is not None:
+                    progress(done / total)
+            if not todo and progress is not None:
                 progress(done / total)
 
-        n = (ys[i + 1] if i + 1 < len(ys) else height) - y
-        ok = valid[:n]
-        prob_rows = np.full((n, width), PROBABILITY_NODATA, dtype=np.float32)
-        np.divide(acc_p[:n, :width], acc_w[:n, :width], out=prob_rows, where=ok)
-        mask_rows = np.full((n, width), NODATA, dtype=np.uint8)
-        mask_rows[ok] = np.where(prob_rows[ok] >= threshold, CLOUD, 0)
-        write_rows(y, prob_rows, mask_rows)
-        stats.add(mask_rows)
+            n = (ys[i + 1] if i + 1 < len(ys) else height) - y
+            ok = valid[:n, out0:out1]
+            prob_rows = np.full(ok.shape, PROBABILITY_NODATA, dtype=np.float32)
+            np.divide(acc_p[:n, out0:out1], acc_w[:n, out0:out1], out=prob_rows, where=ok)
+            mask_rows = np.full(ok.shape, NODATA, dtype=np.uint8)
+            mask_rows[ok] = np.where(prob_rows[ok] >= threshold, CLOUD, 0)
+            write_window(y, block.x0, prob_rows, mask_rows)
+            stats.add(mask_rows)
 
-        acc_p = np.roll(acc_p, -n, axis=0)
-        acc_w = np.roll(acc_w, -n, axis=0)
-        acc_p[t - n :] = 0.0
-        acc_w[t - n :] = 0.0
+            # move the rows later strips still add to up to row 0 (in place, no new array)
+            acc_p[: t - n] = acc_p[n:]
+            acc_w[: t - n] = acc_w[n:]
+            acc_p[t - n :] = 0.0
+            acc_w[t - n :] = 0.0
     if progress is not None:
         progress(1.0)
     return stats
@@ -167,6 +249,7 @@ def classify_array(
     threshold: float,
     batch_size: int = 8,
     valid: np.ndarray | None = None,
+    block_width: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, CloudStats]:
     """In-memory convenience over :func:`classify_raster` (same code path as the plugin).
 
@@ -180,16 +263,20 @@ def classify_array(
     prob = np.empty((height, width), dtype=np.float32)
     mask = np.empty((height, width), dtype=np.uint8)
 
-    def write(y0: int, p: np.ndarray, m: np.ndarray) -> None:
-        prob[y0 : y0 + len(p)] = p
-        mask[y0 : y0 + len(m)] = m
+    def read(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        return refl[:, y0:y1, x0:x1], valid[y0:y1, x0:x1]
+
+    def write(y0: int, x0: int, p: np.ndarray, m: np.ndarray) -> None:
+        prob[y0 : y0 + p.shape[0], x0 : x0 + p.shape[1]] = p
+        mask[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
 
     stats = classify_raster(
         predict,
         TilingPlan(height, width, tile, overlap),
         threshold,
         batch_size,
-        lambda y0, y1: (refl[:, y0:y1], valid[y0:y1]),
+        read,
         write,
+        block_width=block_width,
     )
     return prob, mask, stats

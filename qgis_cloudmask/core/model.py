@@ -7,18 +7,27 @@ missing when onnxruntime is not installed.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from qgis_cloudmask import dependencies
-from qgis_cloudmask.core import contract
+from qgis_cloudmask.core import contract, tiling
 
 
 class ModelError(Exception):
     """A model that cannot be used; the message is meant for a GIS user."""
+
+
+#: Smallest tile a model may declare (smaller ones cannot see a cloud's context).
+MIN_TILE_SIZE = 16
+#: How far outside 0..1 a probability may stray (float rounding of a sigmoid) before the model
+#: is refused; values within it are clipped.
+PROBABILITY_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,89 @@ def _providers(ort) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is no number
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+@dataclass(frozen=True)
+class _Form:
+    """What one metadata value must be: a test, and the words that tell a model author."""
+
+    expected: str
+    valid: Callable[[Any], bool]
+
+
+#: The form of every contract key, checked before any value is used (a model from elsewhere
+#: must fail with a sentence naming the key, not with a traceback deep in the run).
+METADATA_FORMS: dict[str, _Form] = {
+    "model_name": _Form('a non-empty string, e.g. "cloudmask-unet"', _is_text),
+    "model_version": _Form('a non-empty string, e.g. "1.0.0"', _is_text),
+    "bands": _Form(
+        f"a list of the band names {', '.join(sorted(contract.BAND_ROLES))} in input channel "
+        f"order, e.g. {json.dumps(list(contract.DEFAULT_BANDS))}",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) == contract.N_CHANNELS
+            and all(isinstance(b, str) for b in v)
+            and set(v) == set(contract.BAND_ROLES)
+        ),
+    ),
+    "input_kind": _Form(
+        " or ".join(json.dumps(k) for k in contract.SUPPORTED_INPUT_KINDS)
+        + " (what this plugin feeds the model)",
+        lambda v: v in contract.SUPPORTED_INPUT_KINDS,
+    ),
+    "tile_size": _Form(
+        f"an integer number of pixels >= {MIN_TILE_SIZE}, e.g. 224",
+        lambda v: _is_int(v) and v >= MIN_TILE_SIZE,
+    ),
+    # also checked against tile_size, by tiling.check_overlap (see parse_metadata)
+    "recommended_overlap": _Form(
+        "an integer number of pixels >= 0, e.g. 32", lambda v: _is_int(v) and v >= 0
+    ),
+    "threshold": _Form(
+        "a probability strictly between 0 and 1, e.g. 0.5",
+        lambda v: _is_number(v) and 0.0 < v < 1.0,
+    ),
+    "resolution_m": _Form("a number of metres > 0, e.g. 10", lambda v: _is_number(v) and v > 0),
+    "classes": _Form(
+        'a JSON object of class value -> class name (strings), e.g. {"0": "clear", "1": "cloud"}',
+        lambda v: (
+            isinstance(v, dict)
+            and bool(v)
+            and all(isinstance(k, str) and isinstance(n, str) for k, n in v.items())
+        ),
+    ),
+    "training": _Form(
+        'a JSON object (provenance), e.g. {"data": "...", "git_sha": "...", "date": "..."}',
+        lambda v: isinstance(v, dict),
+    ),
+    "metrics": _Form(
+        'a JSON object (validation figures), e.g. {"val_iou": 0.87}, or {}',
+        lambda v: isinstance(v, dict),
+    ),
+}
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_metadata(props: dict[str, str], source: str = "the model") -> ModelInfo:
-    """Validate the ONNX ``metadata_props`` against the contract and return typed values."""
+    """Validate the ONNX ``metadata_props`` against the contract and return typed values.
+
+    Every key is checked for type and range here, so a foreign or hand-edited model fails
+    with one sentence naming the key, the value seen and the form expected.
+    """
     missing = [k for k in contract.REQUIRED_METADATA_KEYS if k not in props]
     if missing:
         raise ModelError(
@@ -78,46 +168,37 @@ def parse_metadata(props: dict[str, str], source: str = "the model") -> ModelInf
         )
     values: dict[str, Any] = {}
     for key in contract.REQUIRED_METADATA_KEYS:
+        form = METADATA_FORMS[key]
         try:
             values[key] = json.loads(props[key])
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source}: metadata key {key!r} is not valid JSON.") from exc
-
-    bands = tuple(values["bands"]) if isinstance(values["bands"], list) else ()
-    if len(bands) != contract.N_CHANNELS or set(bands) != set(contract.BAND_ROLES):
+        except (TypeError, ValueError):
+            raise ModelError(
+                f"{source}: metadata {key!r} must be {form.expected} (written as JSON), got "
+                f"{_shown(props[key])}, which is not valid JSON."
+            ) from None
+        if not form.valid(values[key]):
+            raise ModelError(
+                f"{source}: metadata {key!r} must be {form.expected}, got {_shown(values[key])}."
+            )
+    tile, overlap = values["tile_size"], values["recommended_overlap"]
+    try:
+        tiling.check_overlap(tile, overlap)
+    except ValueError as exc:
         raise ModelError(
-            f"{source}: metadata 'bands' must list {sorted(contract.BAND_ROLES)} in input "
-            f"order, got {values['bands']!r}."
-        )
-    if values["input_kind"] not in contract.SUPPORTED_INPUT_KINDS:
-        raise ModelError(
-            f"{source}: metadata 'input_kind' is {values['input_kind']!r}; this plugin feeds "
-            f"{' or '.join(contract.SUPPORTED_INPUT_KINDS)}."
-        )
-    tile = values["tile_size"]
-    overlap = values["recommended_overlap"]
-    threshold = values["threshold"]
-    if not isinstance(tile, int) or tile < 16:
-        raise ModelError(f"{source}: metadata 'tile_size' must be an integer >= 16, got {tile!r}.")
-    if not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise ModelError(
-            f"{source}: metadata 'recommended_overlap' must be an integer in [0, {tile}), "
-            f"got {overlap!r}."
-        )
-    if not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
-        raise ModelError(f"{source}: metadata 'threshold' must be in (0, 1), got {threshold!r}.")
+            f"{source}: metadata 'recommended_overlap' does not fit its {tile}-px tiles: {exc}."
+        ) from None
     return ModelInfo(
-        name=str(values["model_name"]),
-        version=str(values["model_version"]),
-        bands=bands,
+        name=values["model_name"].strip(),
+        version=values["model_version"].strip(),
+        bands=tuple(values["bands"]),
         input_kind=values["input_kind"],
         tile_size=tile,
         recommended_overlap=overlap,
-        threshold=float(threshold),
+        threshold=float(values["threshold"]),
         resolution_m=float(values["resolution_m"]),
         classes=dict(values["classes"]),
-        training=dict(values["training"]) if isinstance(values["training"], dict) else {},
-        metrics=dict(values["metrics"]) if isinstance(values["metrics"], dict) else {},
+        training=dict(values["training"]),
+        metrics=dict(values["metrics"]),
     )
 
 
@@ -206,7 +287,11 @@ class CloudModel:
                 )
 
     def predict(self, tiles: np.ndarray) -> np.ndarray:
-        """Cloud probability for a batch of reflectance tiles (``N x 4 x T x T`` float32)."""
+        """Cloud probability for a batch of reflectance tiles (``N x 4 x T x T`` float32).
+
+        The output is checked (see :func:`checked_probability`): a model that returns NaN or
+        logits would otherwise be written as a plausible but wrong mask.
+        """
         t = self.info.tile_size
         if tiles.ndim != 4 or tiles.shape[1:] != (contract.N_CHANNELS, t, t):
             raise ValueError(
@@ -219,7 +304,54 @@ class CloudModel:
         prob = np.asarray(prob, dtype=np.float32)
         if prob.shape != (tiles.shape[0], t, t):
             raise ModelError(
-                f"The model returned a probability of shape {prob.shape}; expected "
-                f"{(tiles.shape[0], t, t)}."
+                f"The model '{self.path}' returned a probability of shape {prob.shape}; "
+                f"expected {(tiles.shape[0], t, t)}. No output was written."
             )
-        return prob
+        return checked_probability(prob, f"The model '{self.path}'")
+
+
+def _figure(value: float) -> str:
+    """A value outside 0..1 shown briefly, but never rounded onto 0 or 1 (1.00001, not 1)."""
+    text = f"{value:.4g}"
+    return f"{value:.8g}" if float(text) in (0.0, 1.0) else text
+
+
+def checked_probability(prob: np.ndarray, source: str = "The model") -> np.ndarray:
+    """``prob`` clipped to [0, 1] if it is a probability (within :data:`PROBABILITY_TOLERANCE`);
+    else :class:`ModelError` saying what the model returned.
+
+    NaN would be blended into "clear" and logits thresholded as if they were probabilities:
+    both give a plausible mask that is wrong, so the run must stop instead.
+    """
+    lo, hi = (float(prob.min()), float(prob.max())) if prob.size else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        nan = int(np.isnan(prob).sum())
+        inf = int(np.isinf(prob).sum())
+        seen = " and ".join(
+            text
+            for count, text in (
+                (nan, f"NaN (not a number) for {nan}"),
+                (inf, f"infinite values for {inf}"),
+            )
+            if count
+        )
+        raise ModelError(
+            f"{source} returned {seen} of {prob.size} pixels of a batch in its "
+            f"'{contract.PROBABILITY_OUTPUT}' output, which must hold cloud probabilities from "
+            "0 to 1. The model is broken or does not suit this input: check it (and its "
+            "export) or use another model. No output was written."
+        )
+    tolerance = PROBABILITY_TOLERANCE
+    if lo < -tolerance or hi > 1.0 + tolerance:
+        if lo < -tolerance and hi > 1.0 + tolerance:
+            seen = f"from {_figure(lo)} to {_figure(hi)}"
+        else:
+            seen = f"up to {_figure(hi)}" if hi > 1.0 + tolerance else f"down to {_figure(lo)}"
+        raise ModelError(
+            f"{source} returned values {seen} in its '{contract.PROBABILITY_OUTPUT}' output: "
+            "logits (or scores), not probabilities from 0 to 1 — export the model with a "
+            "sigmoid (or softmax) on that output. No output was written."
+        )
+    if lo < 0.0 or hi > 1.0:
+        np.clip(prob, 0.0, 1.0, out=prob)
+    return prob

@@ -80,3 +80,48 @@ def test_partials_of_another_host_are_kept(tmp_path):
     name = f".mask{raster_io.PARTIAL}otherhost-999999999-abcd1234.tif"
     (tmp_path / name).write_bytes(b"partial")
     assert raster_io.remove_stale_partials(str(tmp_path / "mask.tif")) == []
+
+
+def _file_size_limit(limit_bytes: int):
+    """In the child: writes beyond ``limit_bytes`` fail with EFBIG, as on a full disk."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--min-cloud-size", "5", "--buffer", "30", "--masked", "MASKED", "--vector", "VECTOR"]],
+    ids=["mask", "post-processing"],
+)
+def test_a_full_disk_is_one_clear_error_without_traceback_or_leftovers(
+    tmp_path, pixel_model, extra
+):
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", synthetic.sample_scene(1200, 1200, 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    extra = [
+        str(out / "masked.tif") if a == "MASKED" else str(out / "v.gpkg") if a == "VECTOR" else a
+        for a in extra
+    ]
+    args = [sys.executable, "-m", "qgis_cloudmask", "mask", src, str(out / "m.tif"), "-q"]
+    args += ["--probability", str(out / "p.tif"), "--model", str(pixel_model), *extra]
+    limit = 300_000 if not extra else 2_000_000  # the mask fits, the other outputs do not
+    proc = subprocess.run(
+        args,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_file_size_limit(limit),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: Writing the outputs failed:"), proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert f"Check the free disk space and write permission in '{out}'" in proc.stderr
+    assert os.listdir(out) == []

@@ -66,7 +66,7 @@ clouds_strategy = st.integers(min_value=0, max_value=2**32 - 1)
 @given(
     height=st.integers(1, 140),
     width=st.integers(1, 140),
-    overlap=st.integers(0, 31),
+    overlap=st.integers(0, 16),  # up to half the 32-px tile
     radius_m=st.sampled_from([5.0, 10.0, 14.2, 25.0, 37.5, 80.0, 200.0]),
     block_rows=st.integers(1, 70),
     seed=clouds_strategy,
@@ -138,24 +138,53 @@ def test_small_cloud_patches_are_removed_8_connected_holes_stay_clear(
     assert result.stats.cloud_pixels == int((mask == CLOUD).sum())
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=clouds_strategy, min_size=st.integers(2, 30), block_rows=st.integers(1, 40))
-def test_sieve_matches_connected_component_sizes(small_tile_model, seed, min_size, block_rows):
-    """Scattered patches (no cloud inside a clear hole of another cloud): exactly the
-    8-connected components of fewer than ``min_size`` pixels disappear."""
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=clouds_strategy,
+    min_size=st.integers(2, 400),
+    density=st.floats(0.05, 0.7),
+    block_rows=st.integers(1, 40),
+)
+def test_sieve_removes_exactly_the_small_8_connected_patches(
+    small_tile_model, seed, min_size, density, block_rows
+):
+    """Any pattern, nested patches and sizes beyond every patch included: exactly the
+    8-connected components of fewer than ``min_size`` pixels disappear; nodata stays."""
     rng = np.random.default_rng(seed)
-    clouds = ndimage.binary_dilation(
-        rng.random((90, 100)) < 0.01, iterations=int(rng.integers(0, 3))
-    )
-    clouds |= rng.random((90, 100)) < 0.01
-    labels, n = ndimage.label(clouds, structure=np.ones((3, 3)))
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
+    clouds = rng.random((70, 80)) < density
+    valid = rng.random((70, 80)) > 0.03
+    valid[35, 40] = True
+    clouds &= valid
+    labels, _ = ndimage.label(clouds, structure=np.ones((3, 3)))
+    keep = np.bincount(labels.ravel()) >= min_size
     keep[0] = False
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
         mp.setattr(postprocess, "BLOCK_ROWS", block_rows)
-        _, mask = run(tmp, small_tile_model, stack_from_clouds(clouds), min_cloud_size=min_size)
+        result, mask = run(
+            tmp, small_tile_model, stack_from_clouds(clouds, ~valid), min_cloud_size=min_size
+        )
     np.testing.assert_array_equal(mask == CLOUD, keep[labels])
+    assert (mask[~valid] == NODATA).all()
+    assert result.summary["removed_cloud_pixels"] == int(clouds.sum() - keep[labels].sum())
+
+
+def test_a_small_cloud_in_a_small_gap_of_a_big_cloud_is_removed(tmp_path, small_tile_model):
+    clouds = np.zeros((40, 40), bool)
+    clouds[5:35, 5:35] = True
+    clouds[15:20, 15:20] = False  # a 25-px gap ...
+    clouds[17, 17] = True  # ... holding a 1-px cloud
+    _, mask = run(str(tmp_path), small_tile_model, stack_from_clouds(clouds), min_cloud_size=30)
+    assert mask[17, 17] == CLEAR and (mask[15:20, 15:20] == CLEAR).all()
+    assert mask[5, 5] == CLOUD
+
+
+def test_a_size_beyond_every_patch_removes_every_cloud(tmp_path, small_tile_model):
+    clouds = np.zeros((30, 30), bool)
+    clouds[:, :20] = True  # 600 cloud pixels, 300 clear
+    result, mask = run(
+        str(tmp_path), small_tile_model, stack_from_clouds(clouds), min_cloud_size=10_000
+    )
+    assert (mask == CLEAR).all() and result.summary["removed_cloud_pixels"] == 600
 
 
 def test_sieve_runs_before_the_buffer(tmp_path, small_tile_model):

@@ -58,8 +58,15 @@ def write_pixel_model(
     input_name: str = contract.INPUT_NAME,
     prob_name: str = contract.PROBABILITY_OUTPUT,
     channels: int = contract.N_CHANNELS,
+    sigmoid: bool = True,
+    raw_meta: dict[str, str] | None = None,
 ) -> str:
-    """Write a per-pixel ONNX cloud model; arguments let tests break the contract on purpose."""
+    """Write a per-pixel ONNX cloud model; arguments let tests break the contract on purpose.
+
+    ``sigmoid=False`` leaves the activation out: the 'probability' output is then the logit
+    ``k * (reflectance[channel] - centre)``, as from a model exported without its sigmoid.
+    ``raw_meta`` stores metadata values as given, not JSON-encoded (e.g. ``ten metres``).
+    """
     x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", channels, tile, tile])
     prob = helper.make_tensor_value_info(prob_name, TensorProto.FLOAT, ["N", tile, tile])
     mask = helper.make_tensor_value_info(contract.MASK_OUTPUT, TensorProto.UINT8, ["N", tile, tile])
@@ -73,7 +80,7 @@ def write_pixel_model(
         helper.make_node("Gather", [input_name, "channel"], ["band"], axis=1),
         helper.make_node("Sub", ["band", "centre"], ["shifted"]),
         helper.make_node("Mul", ["shifted", "k"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], [prob_name]),
+        helper.make_node("Sigmoid" if sigmoid else "Identity", ["logit"], [prob_name]),
         helper.make_node("GreaterOrEqual", [prob_name, "threshold"], ["is_cloud"]),
         helper.make_node("Cast", ["is_cloud"], [contract.MASK_OUTPUT], to=TensorProto.UINT8),
     ]
@@ -81,10 +88,45 @@ def write_pixel_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     values = metadata(threshold=threshold, tile_size=tile, **(meta or {}))
-    for key, value in values.items():
+    texts = {key: json.dumps(value) for key, value in values.items()} | (raw_meta or {})
+    for key, text in texts.items():
         if key not in drop_keys:
             entry = model.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
+            entry.key, entry.value = key, text
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def write_constant_model(path, value: float, tile: int = TILE, meta: dict | None = None) -> str:
+    """Write a contract-conforming ONNX model whose 'probability' is ``value`` everywhere
+    (NaN, ±inf, a logit, a negative number...): a hostile model with a known output."""
+    x = helper.make_tensor_value_info(
+        contract.INPUT_NAME, TensorProto.FLOAT, ["N", contract.N_CHANNELS, tile, tile]
+    )
+    prob = helper.make_tensor_value_info(
+        contract.PROBABILITY_OUTPUT, TensorProto.FLOAT, ["N", tile, tile]
+    )
+    mask = helper.make_tensor_value_info(contract.MASK_OUTPUT, TensorProto.UINT8, ["N", tile, tile])
+    inits = [
+        helper.make_tensor("channel", TensorProto.INT64, [], [0]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("value", TensorProto.FLOAT, [], [value]),
+        helper.make_tensor("threshold", TensorProto.FLOAT, [], [0.5]),
+    ]
+    nodes = [  # band * 0 + value keeps the batch's shape (input reflectance is finite)
+        helper.make_node("Gather", [contract.INPUT_NAME, "channel"], ["band"], axis=1),
+        helper.make_node("Mul", ["band", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "value"], [contract.PROBABILITY_OUTPUT]),
+        helper.make_node("GreaterOrEqual", [contract.PROBABILITY_OUTPUT, "threshold"], ["c"]),
+        helper.make_node("Cast", ["c"], [contract.MASK_OUTPUT], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(nodes, "constant_model", [x], [prob, mask], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, item in metadata(tile_size=tile, model_name="test-constant", **(meta or {})).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(item)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)

@@ -87,19 +87,51 @@ def test_rows_are_written_once_top_to_bottom_and_read_in_strips():
     valid = np.ones((h, w), bool)
     reads, writes = [], []
 
-    def read_rows(y0, y1):
-        reads.append((y0, y1))
-        return refl[:, y0:y1], valid[y0:y1]
+    def read_window(y0, y1, x0, x1):
+        reads.append((y0, y1, x0, x1))
+        return refl[:, y0:y1, x0:x1], valid[y0:y1, x0:x1]
 
-    def write_rows(y0, p, m):
-        writes.append((y0, len(p)))
+    def write_window(y0, x0, p, m):
+        writes.append((y0, x0, p.shape))
 
     plan = inference.TilingPlan(h, w, 224, 32)
-    inference.classify_raster(pixel_function, plan, 0.5, 4, read_rows, write_rows)
-    assert [y for y, _ in writes] == sorted(y for y, _ in writes)
-    assert sum(n for _, n in writes) == h and writes[0][0] == 0
-    assert max(y1 - y0 for y0, y1 in reads) <= 224  # never the whole raster at once
-    assert sum(y1 - y0 for y0, y1 in reads) == h  # overlapping rows are not read twice
+    inference.classify_raster(pixel_function, plan, 0.5, 4, read_window, write_window)
+    assert [y for y, _, _ in writes] == sorted(y for y, _, _ in writes)
+    assert all(x0 == 0 and shape[1] == w for _, x0, shape in writes)  # narrower than a block
+    assert sum(shape[0] for _, _, shape in writes) == h and writes[0][0] == 0
+    assert max(y1 - y0 for y0, y1, _, _ in reads) <= 224  # never the whole raster at once
+    assert sum(y1 - y0 for y0, y1, _, _ in reads) == h  # overlapping rows are not read twice
+
+
+def test_wide_rasters_are_read_and_written_in_column_blocks_of_bounded_width():
+    h, w = 300, 1500
+    refl = random_scene(h, w, seed=7)
+    valid = np.ones((h, w), bool)
+    reads, written = [], np.zeros((h, w), int)
+
+    def read_window(y0, y1, x0, x1):
+        reads.append((y0, y1, x0, x1))
+        return refl[:, y0:y1, x0:x1], valid[y0:y1, x0:x1]
+
+    def write_window(y0, x0, p, m):
+        written[y0 : y0 + p.shape[0], x0 : x0 + p.shape[1]] += 1
+
+    plan = inference.TilingPlan(h, w, 224, 32)
+    calls = []
+
+    def predict(tiles):
+        calls.append(len(tiles))
+        return pixel_function(tiles)
+
+    inference.classify_raster(predict, plan, 0.5, 4, read_window, write_window, block_width=512)
+    assert (written == 1).all()
+    assert max(x1 - x0 for _, _, x0, x1 in reads) <= 512 + 2 * 224  # the block and its tiles
+    blocks = inference.column_blocks(plan, 512)
+    assert len(blocks) == 3 and all(b.x0 % 256 == 0 for b in blocks)  # borders on 256 px
+    # tiles crossing a block border are predicted in both blocks: a few more than the plan
+    extra = sum(calls) - plan.n_tiles
+    assert sum(calls) == len(plan.row_starts) * sum(len(b.col_starts) for b in blocks)
+    assert 0 < extra <= 2 * 2 * len(plan.row_starts)
 
 
 def test_cancel_stops_between_batches():
@@ -117,11 +149,60 @@ def test_cancel_stops_between_batches():
             plan,
             0.5,
             1,
-            lambda a, b: (refl[:, a:b], np.ones((b - a, 500), bool)),
+            lambda a, b, c, d: (refl[:, a:b, c:d], np.ones((b - a, d - c), bool)),
             lambda *a: None,
             is_canceled=lambda: len(calls) >= 2,
         )
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("corner", ["top-left", "bottom-right"])
+def test_cancel_is_honoured_on_a_sparse_raster(corner):
+    """All nodata but a corner: almost every tile is skipped, yet cancel still stops the run."""
+    h, w = 1000, 1000
+    refl = random_scene(h, w, seed=8)
+    valid = np.zeros((h, w), bool)
+    if corner == "top-left":
+        valid[:20, :20] = True
+    else:
+        valid[-20:, -20:] = True
+    asked, written = [], []
+
+    def is_canceled():
+        asked.append(1)
+        return len(asked) > 1  # True from the second question on
+
+    plan = inference.TilingPlan(h, w, 224, 32)
+    with pytest.raises(inference.Cancelled):
+        inference.classify_raster(
+            pixel_function,
+            plan,
+            0.5,
+            4,
+            lambda a, b, c, d: (refl[:, a:b, c:d], valid[a:b, c:d]),
+            lambda y0, x0, p, m: written.append(y0),
+            is_canceled=is_canceled,
+        )
+    assert len(asked) == 2 and len(written) == 1  # stopped after the first strip
+
+
+def test_progress_is_reported_while_skipping_nodata():
+    h, w = 1000, 300
+    refl = random_scene(h, w, seed=9)
+    valid = np.zeros((h, w), bool)
+    valid[-5:, :5] = True  # one tile at the very end holds data
+    seen = []
+    inference.classify_raster(
+        pixel_function,
+        inference.TilingPlan(h, w, 224, 32),
+        0.5,
+        4,
+        lambda a, b, c, d: (refl[:, a:b, c:d], valid[a:b, c:d]),
+        lambda *a: None,
+        progress=seen.append,
+    )
+    assert len(seen) >= len(inference.TilingPlan(h, w, 224, 32).row_starts)
+    assert seen == sorted(seen) and 0 < seen[0] < 0.5 and seen[-1] == 1.0
 
 
 def test_progress_rises_to_one():
@@ -133,7 +214,7 @@ def test_progress_rises_to_one():
         plan,
         0.5,
         2,
-        lambda a, b: (refl[:, a:b], np.ones((b - a, 450), bool)),
+        lambda a, b, c, d: (refl[:, a:b, c:d], np.ones((b - a, d - c), bool)),
         lambda *a: None,
         progress=seen.append,
     )
