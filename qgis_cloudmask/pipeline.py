@@ -446,7 +446,8 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
     """Mask one raster or product; outputs appear all together or not at all."""
     reporter = reporter or Reporter()
     started = time.perf_counter()
-    resolved = resolve(request)
+    with raster_io.capped_block_cache():  # resolve samples the whole raster
+        resolved = resolve(request)
     source, model, mi = resolved.source, resolved.model, resolved.model.info
     info = source.info
     plan = inference.TilingPlan(info.height, info.width, mi.tile_size, resolved.overlap.value)

@@ -192,9 +192,11 @@ def raw_reader(ds: gdal.Dataset, bands: list[int]):
     return read_raw
 
 
-#: GDAL block cache (bytes) allowed during a run: the blocks of one strip of a column block of
-#: the input and of the outputs fit (about 60 MB with 8192 px blocks), so nothing is read or
-#: written twice; GDAL's default (5 % of RAM) would count in the run's peak memory.
+#: GDAL block cache (bytes) allowed during a run; GDAL's default (5 % of RAM) would count in the
+#: run's peak memory. The blocks one strip of a column block touches, in the input and the
+#: outputs, fit (about 45 MB with 6144 px blocks), so no block is read or written twice; so do
+#: those of one block row of a 4-band 16-bit input up to about 60000 px wide, which the
+#: decimated radiometry sample reads once per sampled row.
 BLOCK_CACHE_BYTES = 128 * 1024 * 1024
 _cache_lock = threading.Lock()
 _cache_users = 0
@@ -202,13 +204,15 @@ _cache_saved = 0
 
 
 @contextlib.contextmanager
-def capped_block_cache(limit_bytes: int = BLOCK_CACHE_BYTES) -> Iterator[None]:
-    """Lower GDAL's block cache to ``limit_bytes`` while the block runs, then restore it.
+def capped_block_cache(limit_bytes: int | None = None) -> Iterator[None]:
+    """Lower GDAL's block cache to ``limit_bytes`` (default :data:`BLOCK_CACHE_BYTES`) while
+    the ``with`` block runs, then restore it.
 
     Inside QGIS the cache is shared with the application: it is only ever lowered (a smaller
     GDAL_CACHEMAX is kept), and restored when the last of overlapping runs (threads) ends.
     """
     global _cache_users, _cache_saved
+    limit_bytes = BLOCK_CACHE_BYTES if limit_bytes is None else limit_bytes
     with _cache_lock:
         if _cache_users == 0:
             _cache_saved = gdal.GetCacheMax()

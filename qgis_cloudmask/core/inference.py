@@ -22,16 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from qgis_cloudmask.core import radiometry, tiling
-from qgis_cloudmask.core.stats import CLOUD, NODATA, CloudStats
+from qgis_cloudmask.core.stats import CLEAR, CLOUD, NODATA, CloudStats
 
 #: Value of nodata pixels in the probability output.
 PROBABILITY_NODATA = -1.0
 
-#: Most output columns (px) processed at once. Memory of the blend is about 15 kB per column
-#: (4 channels, 224 px tiles: float32 reflectance, float64 accumulators, raw values), so about
-#: 120 MB here; each block border costs one or two tile columns predicted twice (about 3 % more
-#: tiles with 224 px tiles, overlap 32). Read at call time, so tests can shrink it.
-BLOCK_WIDTH = 8192
+#: Most output columns (px) processed at once. The blend holds about 14 kB per column of the
+#: block's window (4 channels, 224 px tiles: float32 reflectance and float64 accumulators of
+#: one strip, plus the rows being read), about 90 MB here, whatever the raster's size; each
+#: block border costs one or two tile columns predicted twice (3 % more tiles on a wide raster
+#: with 224 px tiles, overlap 32). Read at call time, so tests can shrink it.
+BLOCK_WIDTH = 6144
 #: Block borders fall on multiples of this (px) when blocks are at least that wide: the GeoTIFF
 #: outputs are written in 256 px tiles, and a compressed tile written by two blocks would be
 #: written twice (and stored twice in the file).
@@ -129,31 +130,45 @@ def reflectance_reader(
     return read_window
 
 
-class _RowCache:
-    """Re-reads only the rows a new strip does not share with the previous one (same columns)."""
+class _StripBuffer:
+    """The rows of the current strip of a column block, in one buffer for all blocks.
 
-    def __init__(self, read_window: ReadWindow, x0: int, x1: int) -> None:
+    Rows a new strip shares with the previous one are moved up in place and only the others
+    are read, so no row is read twice and nothing strip-sized is allocated per strip or per
+    block. The arrays returned are views of the buffer: valid until the next call.
+    """
+
+    def __init__(self, read_window: ReadWindow, rows: int, width: int) -> None:
         self._read = read_window
+        self._rows, self._width = rows, width
+        self._x0 = self._x1 = self._y0 = self._y1 = 0
+        self._refl: np.ndarray | None = None
+        self._valid = np.empty((rows, width), bool)
+
+    def start(self, x0: int, x1: int) -> None:
+        """Serve columns ``x0:x1`` (at most ``width``) from now on."""
         self._x0, self._x1 = x0, x1
         self._y0 = self._y1 = 0
-        self._refl: np.ndarray | None = None
-        self._valid: np.ndarray | None = None
 
     def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._refl is not None and self._y0 <= y0 < self._y1 and y1 >= self._y1:
-            keep = slice(y0 - self._y0, None)
-            parts = [(self._refl[:, keep], self._valid[keep])]
-            if y1 > self._y1:
-                parts.append(self._read(self._y1, y1, self._x0, self._x1))
-            self._refl = self._valid = None  # let the old strip go before the copy is made
-            refl = np.concatenate([p[0] for p in parts], axis=1)
-            valid = np.concatenate([p[1] for p in parts], axis=0)
-            del parts
+        w = self._x1 - self._x0
+        if self._y0 <= y0 < self._y1 <= y1:
+            kept = self._y1 - y0
+            old = slice(y0 - self._y0, self._y1 - self._y0)
+            self._refl[:, :kept, :w] = self._refl[:, old, :w]
+            self._valid[:kept, :w] = self._valid[old, :w]
+            first = self._y1
         else:
-            self._refl = self._valid = None
-            refl, valid = self._read(y0, y1, self._x0, self._x1)
-        self._y0, self._y1, self._refl, self._valid = y0, y1, refl, valid
-        return refl, valid
+            kept, first = 0, y0
+        if y1 > first:
+            refl, valid = self._read(first, y1, self._x0, self._x1)
+            if self._refl is None:
+                self._refl = np.empty((len(refl), self._rows, self._width), np.float32)
+            self._refl[:, kept : kept + y1 - first, :w] = refl
+            self._valid[kept : kept + y1 - first, :w] = valid
+            del refl, valid
+        self._y0, self._y1 = y0, y1
+        return self._refl[:, : y1 - y0, :w], self._valid[: y1 - y0, :w]
 
 
 def _check_cancel(is_canceled: Callable[[], bool] | None) -> None:
@@ -191,17 +206,25 @@ def classify_raster(
     stats = CloudStats()
     done, total = 0, len(ys) * sum(len(b.col_starts) for b in blocks)
 
+    # allocated once for the widest block (a second set while the first is still referenced
+    # would double the peak); float64: many tiles may overlap (float32 strays by up to 4e-6)
+    widest = max(max(b.read_x1 - b.read_x0 for b in blocks), t)
+    acc_p_all = np.zeros((t, widest), dtype=np.float64)
+    acc_w_all = np.zeros((t, widest), dtype=np.float64)
+    strip = _StripBuffer(read_window, t, widest)
+
     for block in blocks:
         # window coordinates: column 0 is the raster's column block.read_x0
         padded_w = max(block.read_x1 - block.read_x0, t)  # < t only for a raster narrower
         out0, out1 = block.x0 - block.read_x0, block.x1 - block.read_x0
         xs = [x - block.read_x0 for x in block.col_starts]
-        acc_p = np.zeros((t, padded_w), dtype=np.float64)  # float64: many tiles may overlap
-        acc_w = np.zeros((t, padded_w), dtype=np.float64)
-        cache = _RowCache(read_window, block.read_x0, block.read_x1)
+        acc_p, acc_w = acc_p_all[:, :padded_w], acc_w_all[:, :padded_w]
+        acc_p[:] = 0.0
+        acc_w[:] = 0.0
+        strip.start(block.read_x0, block.read_x1)
 
         for i, y in enumerate(ys):
-            refl, valid = cache.rows(y, min(y + t, height))
+            refl, valid = strip.rows(y, min(y + t, height))
             refl_p = tiling.pad_to(refl, t, padded_w)
             valid_p = tiling.pad_to(valid, t, padded_w)
             todo = [x for x in xs if valid_p[:, x : x + t].any()]
@@ -226,8 +249,8 @@ def classify_raster(
             ok = valid[:n, out0:out1]
             prob_rows = np.full(ok.shape, PROBABILITY_NODATA, dtype=np.float32)
             np.divide(acc_p[:n, out0:out1], acc_w[:n, out0:out1], out=prob_rows, where=ok)
-            mask_rows = np.full(ok.shape, NODATA, dtype=np.uint8)
-            mask_rows[ok] = np.where(prob_rows[ok] >= threshold, CLOUD, 0)
+            mask_rows = np.where(prob_rows >= threshold, np.uint8(CLOUD), np.uint8(CLEAR))
+            mask_rows[~ok] = NODATA
             write_window(y, block.x0, prob_rows, mask_rows)
             stats.add(mask_rows)
 
