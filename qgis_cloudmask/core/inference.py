@@ -15,6 +15,7 @@ thresholded once, when no later tile can touch it any more.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def column_blocks(plan: TilingPlan, block_width: int | None = None) -> list[Colu
     blocks = []
     for x0 in range(0, width, size):
         x1 = min(x0 + size, width)
-        starts = tuple(x for x in xs if x < x1 and x + t > x0)
+        starts = tuple(xs[bisect.bisect_right(xs, x0 - t) : bisect.bisect_left(xs, x1)])
         blocks.append(ColumnBlock(x0, x1, starts, starts[0], min(starts[-1] + t, width)))
     return blocks
 

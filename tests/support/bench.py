@@ -12,7 +12,7 @@ Two kinds of cases:
   every post-processing step);
 * ``--big``: large rasters (a 200000 px wide strip, a 200000 px tall one, a whole Sentinel-2
   tile) written block by block as DEFLATE-compressed tiled GeoTIFFs, never whole in memory,
-  run with inference only. ``--big none`` skips them (they take several minutes).
+  run with inference only. ``--big none`` skips them (they take 10 to 15 minutes).
 """
 
 from __future__ import annotations
@@ -80,10 +80,11 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     """``"HxW,HxW"`` -> ``[(H, W), ...]``; ``""`` or ``"none"`` -> ``[]``."""
     if text.strip().lower() in ("", "none"):
         return []
-    return [
-        tuple(int(v) for v in size.strip().lower().split("x"))  # type: ignore[misc]
-        for size in text.split(",")
-    ]
+    sizes = []
+    for size in text.split(","):
+        h, w = (int(v) for v in size.strip().lower().split("x"))
+        sizes.append((h, w))
+    return sizes
 
 
 def write_big_geotiff(path: Path, height: int, width: int, seed: int = 1) -> str:
@@ -228,7 +229,7 @@ def main() -> int:
         "--big",
         default=DEFAULT_BIG,
         help=f"comma-separated HxW large rasters written block by block, inference only "
-        f"(default {DEFAULT_BIG}; 'none' skips them: about 6 minutes on 2 cores)",
+        f"(default {DEFAULT_BIG}; 'none' skips them: 10 to 15 minutes on 2 cores)",
     )
     parser.add_argument(
         "--workdir",
@@ -252,9 +253,11 @@ def main() -> int:
         info = read_info(str(model_file))
         ref = reference_mpx_per_s(model_file, args.batch)
         print(f"model: {label} ({model_file.name}); batch {args.batch}")
+        from qgis_cloudmask.core import inference
+
         print(
-            f"GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', 'unset')}; "
-            f"{os.cpu_count()} CPU(s)"
+            f"GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', 'unset')}; {os.cpu_count()} CPU(s); "
+            f"column blocks of at most {getattr(inference, 'BLOCK_WIDTH', 'unlimited')} px"
         )
         print(f"reference (bare model on tiles, same process): {ref:.3f} Mpx/s\n")
         print(
@@ -283,7 +286,8 @@ def main() -> int:
             written = time.perf_counter() - start
             r = run_child(raster, model_file, args.batch, False)
             row(f"{h}x{w}", h, w, r)
-            print(f"{'':>20} (input written in {written:.0f} s, {os.path.getsize(raster) / 2**20:.0f} MB)")
+            size_mb = os.path.getsize(raster) / 2**20
+            print(f"{'':>20} (input written in {written:.0f} s, {size_mb:.0f} MB)")
             os.remove(raster)
     print(
         f"\n'+ post' rows add MIN_CLOUD_SIZE={POST['min_cloud_size']}, "

@@ -19,7 +19,7 @@ from qgis_cloudmask.core import inference, radiometry
 from qgis_cloudmask.core.stats import CLEAR, CLOUD, NODATA
 from tests.support.synthetic import sigmoid_probability
 
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 #: Reflectance values at the edges of what a model can be given (after the clip to [0, 2]) and
 #: of float32 (what classify_array accepts as is).
