@@ -3,8 +3,9 @@
 Every caller (the Processing algorithm, ``python -m qgis_cloudmask``, scripts, notebooks, batch
 runners) builds a :class:`MaskRequest` and calls :func:`run`; none re-decides what this module
 decided. Every default is resolved in :func:`resolve`, each automatic decision with its reason;
-the run reads the input one strip of tiles at a time, infers, and writes all outputs under
-temporary names that are moved into place only when everything succeeded.
+the run reads the input in bounded windows (column blocks, a strip of tiles at a time), infers,
+and writes all outputs under temporary names that are moved into place only when everything
+succeeded.
 
 Imports GDAL (through :mod:`sources` and :mod:`raster_io`) but never QGIS. Progress, messages
 and cancelling go through a :class:`Reporter`.

@@ -205,6 +205,10 @@ def _vrt_source_files(ds: gdal.Dataset) -> dict[int, list[str]]:
     return files
 
 
+#: Columns (px) per decimated read of the radiometry sample.
+SAMPLE_CHUNK = 4096
+
+
 def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXELS):
     """A decimated read of ``bands`` (nearest neighbour, at most ``max_pixels``):
     ``(values bands x h x w, valid h x w)`` for deciding the radiometry from the data."""
@@ -212,20 +216,33 @@ def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXEL
     step = max(1.0, float(np.sqrt(info.width * info.height / max_pixels)))
     w = max(1, int(info.width / step))
     h = max(1, int(info.height / step))
+    # in column chunks of whole blocks: one decimated read across a very wide raster decodes
+    # each block of a block row again for every sampled row once the row outgrows the cache
+    block_w = ds.GetRasterBand(bands[0]).GetBlockSize()[0]
+    chunk = max(block_w, SAMPLE_CHUNK // block_w * block_w)
+    parts = []
     try:
-        arr = ds.ReadAsArray(
-            0,
-            0,
-            info.width,
-            info.height,
-            buf_xsize=w,
-            buf_ysize=h,
-            band_list=bands,
-            resample_alg=gdal.GRIORA_NearestNeighbour,
-        )
+        for x0 in range(0, info.width, chunk):
+            x1 = min(x0 + chunk, info.width)
+            j0, j1 = round(x0 * w / info.width), round(x1 * w / info.width)
+            if j1 > j0:
+                part = ds.ReadAsArray(
+                    x0,
+                    0,
+                    x1 - x0,
+                    info.height,
+                    buf_xsize=j1 - j0,
+                    buf_ysize=h,
+                    band_list=bands,
+                    resample_alg=gdal.GRIORA_NearestNeighbour,
+                )
+                parts.append(np.asarray(part).reshape(len(bands), h, j1 - j0))
     except RuntimeError as exc:
-        raise RasterError(f"Reading '{source.given}' failed: {exc}") from exc
-    arr = np.asarray(arr).reshape(len(bands), h, w)
+        raise RasterError(
+            f"Reading '{source.given}' failed: {exc}. The file may be truncated or damaged: "
+            "download or export it again."
+        ) from exc
+    arr = np.concatenate(parts, axis=2)
     valid = radiometry.valid_pixels(arr, [info.nodata[b - 1] for b in bands])
     return arr, valid
 
