@@ -347,9 +347,15 @@ def resolve(request: MaskRequest) -> Resolved:
     )
 
 
+def max_overlap(tile: int) -> int:
+    """The largest tile overlap (px) a run accepts: half the tile. More costs many times the
+    work for no better blend."""
+    return tile // 2
+
+
 def _check_overlap(overlap: int, tile: int, recommended: int, info: raster_io.RasterInfo) -> None:
-    """0 to half the tile: more costs many times the work for no better blend."""
-    limit = tile // 2
+    """0 to :func:`max_overlap`."""
+    limit = max_overlap(tile)
     if 0 <= overlap <= limit:
         return
     text = f"The tile overlap must be 0 to {limit} px for this model's {tile}-px tiles"

@@ -36,6 +36,11 @@ def _document(renderer: ET.Element, resampling: bool = True) -> str:
         )
     pipe.append(renderer)
     ET.SubElement(root, "blendMode").text = "0"
+    return _serialise(root)
+
+
+def _serialise(root: ET.Element) -> str:
+    """A .qml document as QGIS writes it (doctype, indented)."""
     ET.indent(root)
     return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
         root, encoding="unicode"
@@ -151,10 +156,7 @@ def polygon_style(with_buffer: bool) -> str:
         ):
             ET.SubElement(layer, "prop", k=key, v=value)
     ET.SubElement(root, "layerGeometryType").text = "2"
-    ET.indent(root)
-    return "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
-        root, encoding="unicode"
-    )
+    return _serialise(root)
 
 
 def write_style(text: str, path: str) -> None:

@@ -417,8 +417,8 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             tile = self._tile_size(parameters, context)
             if tile is None:
                 return "a whole number of pixels from 0 to half the model's tile size"
-            # the limit pipeline.resolve applies (half a tile), in its words
-            return f"a whole number of pixels, 0 to {tile // 2} px for this model's {tile}-px tiles"
+            limit = pipeline.max_overlap(tile)  # the limit pipeline.resolve applies, in its words
+            return f"a whole number of pixels, 0 to {limit} px for this model's {tile}-px tiles"
         low, high = definition.minimum(), definition.maximum()
         span = f"from {_shown(low)} to {_shown(high)}" if high < 1e300 else f"{_shown(low)} or more"
         return {
