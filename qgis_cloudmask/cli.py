@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from qgis_cloudmask.core import bands as band_choice
-from qgis_cloudmask.core import radiometry
+from qgis_cloudmask.core import radiometry, tta
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RADIOMETRY_BY_NAME = {name: mode for mode, name in radiometry.OPTION_NAMES.items()}
@@ -32,6 +32,23 @@ def _radiometry(text: str) -> radiometry.Radiometry:
     raise argparse.ArgumentTypeError(
         f"invalid choice {text!r} (choose from {', '.join(RADIOMETRY_BY_NAME)}, or 0-3)"
     )
+
+
+def _tta(text: str) -> tta.TTA:
+    try:
+        return tta.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number greater than 0, got {text!r}")
+    return value
 
 
 def _probability(text: str) -> float:
@@ -119,7 +136,35 @@ def build_parser() -> argparse.ArgumentParser:
         )
         + ". Default: auto",
     )
-    mask.add_argument("--model", metavar="ONNX", help="ONNX model (default: the bundled model)")
+    mask.add_argument(
+        "--model",
+        metavar="ONNX",
+        action="append",
+        help="ONNX model (default: the bundled model); repeat it for an ensemble, whose "
+        "probabilities are averaged",
+    )
+    mask.add_argument(
+        "--weight",
+        type=_weight,
+        metavar="W",
+        action="append",
+        help="weight of each --model in the ensemble, in the same order (default: equal)",
+    )
+    mask.add_argument(
+        "--tta",
+        type=_tta,
+        default=tta.TTA.NONE,
+        metavar="MODE",
+        help="test-time augmentation: "
+        + "; ".join(f"{name} = {tta.LABELS[mode]}" for mode, name in tta.OPTION_NAMES.items())
+        + ". Default: none",
+    )
+    mask.add_argument(
+        "--histogram-matching",
+        action="store_true",
+        help="map the scene's reflectance quantiles onto the model's training data first "
+        "(needs a model with reference quantiles; off by default)",
+    )
     mask.add_argument(
         "--overlap", type=_non_negative, metavar="PX", help="tile overlap (default: the model's)"
     )
@@ -222,6 +267,9 @@ def _mask(args: argparse.Namespace) -> int:
         bands={role: getattr(args, f"{role}_band") for role in band_choice.ROLES},
         radiometry=args.radiometry,
         model=args.model,
+        weights=args.weight,
+        tta=args.tta,
+        histogram_matching=args.histogram_matching,
         overlap=args.overlap,
         threshold=args.threshold,
         batch_size=args.batch_size,

@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from qgis_cloudmask import postprocess, raster_io, sources, styles
 from qgis_cloudmask.core import bands as band_choice
-from qgis_cloudmask.core import inference, radiometry, tiling
+from qgis_cloudmask.core import histogram, inference, radiometry, tiling, tta
+from qgis_cloudmask.core.ensemble import Ensemble
 from qgis_cloudmask.core.model import CloudModel, ModelError, ModelInfo, read_info
 from qgis_cloudmask.core.stats import CloudStats
 
@@ -80,7 +83,14 @@ class MaskRequest:
     #: role ("red", "green", "blue", "nir") -> 1-based band; missing or None: automatic
     bands: dict[str, int | None] = field(default_factory=dict)
     radiometry: radiometry.Radiometry = radiometry.Radiometry.AUTOMATIC
-    model: str | None = None
+    #: one ONNX file, or several (an ensemble: probabilities averaged); None: the bundled model
+    model: str | list[str] | tuple[str, ...] | None = None
+    #: one weight per model of an ensemble (None: equal weights)
+    weights: list[float] | tuple[float, ...] | None = None
+    #: test-time augmentation: a :class:`tta.TTA`, its index or name ("none", "flips", "d8")
+    tta: tta.TTA | int | str = tta.TTA.NONE
+    #: map the scene's reflectance quantiles onto the model's training reference first
+    histogram_matching: bool = False
     overlap: int | None = None
     threshold: float | None = None
     batch_size: int | None = None
@@ -125,7 +135,7 @@ class Resolved:
     """Every setting of a run, decided once."""
 
     source: sources.Source
-    model: CloudModel
+    model: Ensemble
     bands: band_choice.BandChoice
     radiometry: radiometry.Decision
     overlap: Setting
@@ -136,6 +146,15 @@ class Resolved:
     #: the buffer as a radius in pixels (0: no buffer)
     buffer_px: float
     warnings: list[str]
+    tta: Setting = Setting(tta.TTA.NONE, "off")
+    histogram_matching: Setting = Setting(False, "off")
+    #: per model of the ensemble: its histogram matching (None: off)
+    matches: list[histogram.HistogramMatch | None] = field(default_factory=list)
+
+    def predictor(self) -> inference.Predict:
+        """What the tiled inference calls on a batch: matching, ensemble, augmentation."""
+        prepare = [m.apply if m is not None else None for m in self.matches] or None
+        return tta.with_tta(self.model.predictor(prepare), self.tta.value)
 
     @property
     def post_processing(self) -> bool:
@@ -164,6 +183,11 @@ class Resolved:
                 "value": f"{mi.name} {mi.version}",
                 "reason": self.model.path,
             },
+            "tta": {
+                "value": tta.OPTION_NAMES[self.tta.value],
+                "reason": self.tta.reason,
+            },
+            "histogram_matching": self.histogram_matching.to_dict(),
             "overlap": self.overlap.to_dict(),
             "threshold": self.threshold.to_dict(),
             "batch_size": self.batch_size.to_dict(),
@@ -268,15 +292,36 @@ def check_outputs(request: MaskRequest) -> None:
         )
 
 
-def load_model(path: str | None, threads: int | None = None) -> CloudModel:
-    path = path or bundled_model_path()
-    if not path:
+def _model_paths(model: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The ONNX files asked for (the bundled one when none)."""
+    paths = [model] if isinstance(model, str) else list(model or [])
+    paths = [os.fspath(p).strip() for p in paths if p is not None and os.fspath(p).strip()]
+    if paths:
+        return paths
+    bundled = bundled_model_path()
+    if not bundled:
         raise PipelineError(
             "No trained cloud model is bundled with this version of the plugin. Choose an "
             "ONNX model file in the 'ONNX model' (MODEL) parameter (command line: --model)."
         )
+    return [bundled]
+
+
+def load_model(
+    model: str | list[str] | tuple[str, ...] | None,
+    threads: int | None = None,
+    weights: list[float] | tuple[float, ...] | None = None,
+) -> Ensemble:
+    """The model (or the ensemble of models) a run uses: ``model`` is a path, a list of paths,
+    or ``None`` for the bundled model."""
+    paths = _model_paths(model)
+    if weights and len(weights) != len(paths):
+        raise ParameterError(
+            f"{len(weights)} model weight(s) were given for {len(paths)} model(s) (MODEL / "
+            "--model): give one weight per model, or none for equal weights."
+        )
     try:
-        return CloudModel(path, threads=threads)
+        return Ensemble([CloudModel(p, threads=threads) for p in paths], weights)
     except ModelError as exc:
         raise PipelineError(str(exc)) from exc
 
@@ -292,8 +337,12 @@ def resolve(request: MaskRequest) -> Resolved:
     except raster_io.RasterError as exc:
         raise PipelineError(str(exc)) from exc
     info = source.info
-    model = load_model(request.model, request.threads)
+    model = load_model(request.model, request.threads, request.weights)
     mi = model.info
+    try:
+        augmentation = tta.parse(request.tta)
+    except ValueError as exc:
+        raise ParameterError(f"TTA: {exc}.") from None
     try:
         chosen = band_choice.choose_bands(info.band_count, source.band_labels, request.bands)
     except band_choice.BandError as exc:
@@ -301,12 +350,16 @@ def resolve(request: MaskRequest) -> Resolved:
     _check_band_types(info, chosen.ordered(mi.band_roles))
 
     if request.overlap is None:
-        overlap = Setting(mi.recommended_overlap, "recommended by the model")
+        many = len(model) > 1
+        overlap = Setting(
+            mi.recommended_overlap,
+            "the largest recommended by the models" if many else "recommended by the model",
+        )
     else:
         overlap = Setting(int(request.overlap), "set by OVERLAP")
     _check_overlap(overlap.value, mi.tile_size, mi.recommended_overlap, info)
     if request.threshold is None:
-        threshold = Setting(mi.threshold, "the model's default")
+        threshold = Setting(mi.threshold, model.threshold_reason())
     else:
         value = float(request.threshold)
         if not 0.0 <= value <= 1.0:  # also refuses NaN
@@ -326,12 +379,22 @@ def resolve(request: MaskRequest) -> Resolved:
     min_size, buffer, buffer_px, buffer_note = _post_settings(request, info)
 
     resolved_bands = chosen.ordered(mi.band_roles)
+    if request.histogram_matching:
+        _check_references(model)
     try:
-        facts = sources.radiometry_facts(source, resolved_bands, mi.bands)
+        sample = sources.read_sample(source, resolved_bands)
+        facts = sources.radiometry_facts(source, resolved_bands, mi.bands, sample)
     except raster_io.RasterError as exc:
         raise PipelineError(str(exc)) from exc
     decision = radiometry.decide(request.radiometry, facts)
-    warnings = list(chosen.warnings) + list(decision.warnings)
+    warnings = list(chosen.warnings) + list(decision.warnings) + list(model.warnings)
+    augmentation_setting = Setting(
+        augmentation,
+        "off" if augmentation == tta.TTA.NONE else f"set by TTA: {tta.LABELS[augmentation]}",
+    )
+    matching, matches = Setting(False, "off"), []
+    if request.histogram_matching:
+        matching, matches = _histogram_matching(model, sample, decision.conversion)
     return Resolved(
         source,
         model,
@@ -344,7 +407,51 @@ def resolve(request: MaskRequest) -> Resolved:
         buffer,
         buffer_px,
         warnings,
+        augmentation_setting,
+        matching,
+        matches,
     )
+
+
+def _check_references(model: Ensemble) -> None:
+    """Histogram matching needs every model's training reference."""
+    for member in model.members:
+        if member.info.reference is None:
+            raise ParameterError(
+                f"Histogram matching (HISTOGRAM_MATCHING, --histogram-matching) needs the "
+                f"reference quantiles of the model's training data, and the model "
+                f"'{os.path.basename(member.path)}' ({member.info.name} {member.info.version}) "
+                "has none in its metadata ('reference_quantiles'). Turn histogram matching "
+                "off, or use a model exported with them (the bundled model from 1.0.1 on)."
+            )
+
+
+def _histogram_matching(
+    model: Ensemble, sample: tuple, conversion: radiometry.Conversion
+) -> tuple[Setting, list[histogram.HistogramMatch]]:
+    """The scene's reflectance quantiles (from the decimated sample of the whole scene, read
+    once for the radiometry too) matched to each model's reference."""
+    values, valid = sample
+    refl = radiometry.to_reflectance(values, conversion)[:, valid]
+    if refl.shape[1] == 0:
+        raise PipelineError(
+            "Histogram matching found no valid pixel in its sample of the input (all nodata in "
+            "the chosen bands)."
+        )
+    quantiles = histogram.scene_quantiles(refl, model.members[0].info.reference.levels)
+    matches = []
+    for member in model.members:
+        levels = member.info.reference.levels
+        q = quantiles if levels == histogram.LEVELS else histogram.scene_quantiles(refl, levels)
+        matches.append(histogram.HistogramMatch.between(q, member.info.reference))
+    medians = ", ".join(
+        f"{b} {np.median(refl[c]):.3f}" for c, b in enumerate(model.members[0].info.bands)
+    )
+    reason = (
+        f"set by HISTOGRAM_MATCHING: {refl.shape[1]} sampled pixels (scene medians {medians}) "
+        "mapped onto the quantiles of the model's training data"
+    )
+    return Setting(True, reason), matches
 
 
 def max_overlap(tile: int) -> int:
@@ -432,10 +539,20 @@ def _write_json(path: str, data: dict) -> None:
 def _log_settings(resolved: Resolved, reporter: Reporter, plan: inference.TilingPlan) -> None:
     mi, model = resolved.model.info, resolved.model
     reporter.info(f"Input: {resolved.source.describe()}.")
-    reporter.info(
-        f"Model {mi.name} {mi.version} ({os.path.basename(model.path)}) on "
-        f"{model.execution_provider}."
-    )
+    for member, weight in zip(model.members, model.weights):
+        share = "" if len(model) == 1 else f", weight {weight:.3g}"
+        reporter.info(
+            f"Model {member.info.name} {member.info.version} "
+            f"({os.path.basename(member.path)}{share}) on {member.execution_provider}."
+        )
+    if resolved.tta.value != tta.TTA.NONE:
+        reporter.info(f"Test-time augmentation: {tta.LABELS[resolved.tta.value]}.")
+    if resolved.histogram_matching.value:
+        reporter.info(
+            "Histogram matching: "
+            + resolved.histogram_matching.reason.removeprefix("set by HISTOGRAM_MATCHING: ")
+            + "."
+        )
     bands = ", ".join(f"{b}={n}" for b, n in zip(mi.bands, resolved.model_bands))
     reporter.info(f"Bands {bands} ({resolved.bands.reason}).")
     d = resolved.radiometry
@@ -455,7 +572,7 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
     started = time.perf_counter()
     with raster_io.capped_block_cache():  # resolve samples the whole raster
         resolved = resolve(request)
-    source, model, mi = resolved.source, resolved.model, resolved.model.info
+    source, mi = resolved.source, resolved.model.info
     info = source.info
     plan = inference.TilingPlan(info.height, info.width, mi.tile_size, resolved.overlap.value)
     _log_settings(resolved, reporter, plan)
@@ -474,7 +591,7 @@ def run(request: MaskRequest, reporter: Reporter | None = None) -> MaskResult:
                 )
             )
             stats = inference.classify_raster(
-                model.predict,
+                resolved.predictor(),
                 plan,
                 resolved.threshold.value,
                 resolved.batch_size.value,
@@ -688,6 +805,9 @@ def _summary(
             "path": model.path,
             "execution_provider": model.execution_provider,
         },
+        models=model.describe(),
+        tta=tta.OPTION_NAMES[resolved.tta.value],
+        histogram_matching=bool(resolved.histogram_matching.value),
         threshold=resolved.threshold.value,
         overlap=resolved.overlap.value,
         batch_size=resolved.batch_size.value,

@@ -247,11 +247,14 @@ def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXEL
     return arr, valid
 
 
-def radiometry_facts(source: Source, bands: list[int], channel_names) -> radiometry.Facts:
+def radiometry_facts(
+    source: Source, bands: list[int], channel_names, sample=None
+) -> radiometry.Facts:
     """Everything ``source`` says about its radiometry, for the ``bands`` fed to the model
-    (in the model's channel order, named ``channel_names``)."""
+    (in the model's channel order, named ``channel_names``). ``sample``: what
+    :func:`read_sample` returned for these bands (read here when not given)."""
     ds, meta = source.dataset, source.metadata
-    values, valid = read_sample(source, bands)
+    values, valid = read_sample(source, bands) if sample is None else sample
     sample = radiometry.DataSample.from_pixels(values, valid)
     declared = []
     for b in bands:

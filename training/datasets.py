@@ -197,12 +197,20 @@ def load_or_make_split(
 ) -> tuple[list[Scene], list[Scene]]:
     """Use ``split_dir/{train,val}.txt`` if present, else create and save them.
 
-    Scenes not listed in existing files (new data) go to train; the files are the record.
+    The files are the record: with existing files, a scene listed in neither (data added since
+    the split was made) is left out of both sides and reported, so a rerun trains on exactly
+    the recorded scenes and new scenes stay held out (delete the files to split anew).
     """
     split_dir = Path(split_dir)
     train_file, val_file = split_dir / "train.txt", split_dir / "val.txt"
     if train_file.is_file() and val_file.is_file():
-        val_names = set(_read_names(val_file))
+        train_names, val_names = set(_read_names(train_file)), set(_read_names(val_file))
+        unlisted = sorted(s.name for s in scenes if s.name not in train_names | val_names)
+        if unlisted:
+            print(
+                f"split {split_dir}: {len(unlisted)} scene(s) not in the split files, left out "
+                f"(held out): {', '.join(unlisted)}"
+            )
     else:
         _, val_list = split_scenes(
             [s.name for s in scenes],
@@ -212,13 +220,14 @@ def load_or_make_split(
             [s.group for s in scenes],
         )
         val_names = set(val_list)
+        train_names = {s.name for s in scenes} - val_names
         split_dir.mkdir(parents=True, exist_ok=True)
         header = f"# scene-level split, seed {seed}, val_fraction {val_fraction}\n"
         train_file.write_text(
             header + "".join(f"{s.name}\n" for s in scenes if s.name not in val_names)
         )
         val_file.write_text(header + "".join(f"{n}\n" for n in sorted(val_names)))
-    train = [s for s in scenes if s.name not in val_names]
+    train = [s for s in scenes if s.name in train_names]
     val = [s for s in scenes if s.name in val_names]
     return train, val
 

@@ -25,6 +25,7 @@ import torch
 from qgis_cloudmask.core import contract
 from qgis_cloudmask.core.model import CloudModel
 from training import config as config_mod
+from training import reference
 from training.config import Config
 from training.model import ExportWrapper
 from training.train import load_checkpoint
@@ -182,6 +183,8 @@ def export(
     if size_mb >= cfg.export.max_mb:
         raise AssertionError(f"{out} is {size_mb:.1f} MB, limit {cfg.export.max_mb} MB")
     if data_root is not None:
+        # histogram matching's reference: the training data this config trains on
+        reference.stamp(out, reference.training_reference(cfg, Path(data_root)))
         _add_dev_metrics(out, Path(data_root) / ckpt["config"]["data"]["dev_dir"])
     info = CloudModel(out).info  # the plugin's own contract validation
     return {
@@ -193,6 +196,7 @@ def export(
         "model_version": info.version,
         "threshold": info.threshold,
         "metrics": info.metrics,
+        "reference_quantiles": info.reference is not None,
     }
 
 
@@ -204,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="default: export.out of the config")
     parser.add_argument(
-        "--data-root", type=Path, default=None, help="also record metrics on the dev chips"
+        "--data-root",
+        type=Path,
+        default=None,
+        help="also write the training data's reference quantiles and dev-chip metrics",
     )
     args = parser.parse_args(argv)
     cfg = config_mod.load(args.config)

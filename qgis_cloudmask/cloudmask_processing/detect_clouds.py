@@ -20,13 +20,15 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
@@ -34,7 +36,7 @@ from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis_cloudmask import pipeline, sources, styles
 from qgis_cloudmask.core import bands as band_choice
 from qgis_cloudmask.core import model as model_info
-from qgis_cloudmask.core import radiometry
+from qgis_cloudmask.core import radiometry, tta
 
 #: GDAL's sieve counts pixels in 32-bit integers (a larger MIN_CLOUD_SIZE overflows it).
 MAX_MIN_CLOUD_SIZE = 2**31 - 1
@@ -67,6 +69,9 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
     NIR_BAND = band_choice.PARAMETER["nir"]
     RADIOMETRY = "RADIOMETRY"
     MODEL = "MODEL"
+    WEIGHTS = "WEIGHTS"
+    TTA = "TTA"
+    HISTOGRAM_MATCHING = "HISTOGRAM_MATCHING"
     OVERLAP = "OVERLAP"
     THRESHOLD = "THRESHOLD"
     BATCH_SIZE = "BATCH_SIZE"
@@ -86,6 +91,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
     OVERLAP_USED = "OVERLAP_USED"
     BANDS_USED = "BANDS_USED"
     RADIOMETRY_USED = "RADIOMETRY_USED"
+    TTA_USED = "TTA_USED"
     CLEAR_PIXELS = "CLEAR_PIXELS"
     NODATA_PIXELS = "NODATA_PIXELS"
     CLOUD_AREA = "CLOUD_AREA"
@@ -140,7 +146,13 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             "class and area in m2), the input with clouds and buffer set to nodata, and a "
             "statistics JSON. Cloud percent is of valid pixels, counted on the final mask; "
             "cloud area is in the layer's map units squared (see AREA_UNIT). The settings "
-            "actually used are outputs too (THRESHOLD_USED, BANDS_USED...)."
+            "actually used are outputs too (THRESHOLD_USED, BANDS_USED...).\n\n"
+            "Advanced: test-time augmentation (TTA) averages the model over flips (4 passes) "
+            "or all 8 flips and quarter turns; histogram matching maps the scene's reflectance "
+            "quantiles onto the model's training data first; several ONNX models (MODEL) form "
+            "an ensemble whose probabilities are averaged (WEIGHTS: one per model), with the "
+            "mean of their thresholds unless THRESHOLD is set. All are off by default: see "
+            "docs/inference-options.md for what each costs and changes."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -218,10 +230,26 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 minValue=1,
                 maxValue=pipeline.MAX_BATCH_SIZE,
             ),
-            QgsProcessingParameterFile(
+            QgsProcessingParameterEnum(
+                self.TTA,
+                self.tr("Test-time augmentation"),
+                options=[self.tr(label) for label in tta.LABELS.values()],
+                defaultValue=int(tta.TTA.NONE),
+            ),
+            QgsProcessingParameterBoolean(
+                self.HISTOGRAM_MATCHING,
+                self.tr("Histogram matching to the model's training data"),
+                defaultValue=False,
+            ),
+            QgsProcessingParameterMultipleLayers(
                 self.MODEL,
-                self.tr("ONNX model (empty: the bundled model)"),
-                extension="onnx",
+                self.tr("ONNX model(s) (empty: the bundled model; several: an ensemble)"),
+                QgsProcessing.TypeFile,
+                optional=True,
+            ),
+            QgsProcessingParameterString(
+                self.WEIGHTS,
+                self.tr("Ensemble weights, one per model (e.g. 2, 1; empty: equal)"),
                 optional=True,
             ),
         ]
@@ -280,6 +308,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             (QgsProcessingOutputNumber, self.OVERLAP_USED, "Tile overlap used (pixels)"),
             (QgsProcessingOutputString, self.BANDS_USED, "Bands used"),
             (QgsProcessingOutputString, self.RADIOMETRY_USED, "Radiometry used"),
+            (QgsProcessingOutputString, self.TTA_USED, "Test-time augmentation used"),
         )
         for cls, key, label in outputs:
             self.addOutput(cls(key, self.tr(label)))
@@ -398,6 +427,8 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         BATCH_SIZE: "tiles",
         OVERLAP: "overlap",
         RADIOMETRY: "radiometry",
+        TTA: "tta",
+        WEIGHTS: "weights",
         **{key: "band" for key in band_choice.PARAMETER.values()},
     }
 
@@ -407,6 +438,11 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         definition = self.parameterDefinition(key)
         if kind == "band":
             return "a band number of the input raster: 1 for its first band (empty: automatic)"
+        if kind == "tta":
+            modes = "; ".join(f"{int(mode)} = {label}" for mode, label in tta.LABELS.items())
+            return f"one of {modes} (or the name {', '.join(tta.OPTION_NAMES.values())})"
+        if kind == "weights":
+            return "numbers greater than 0 separated by commas, one per model of MODEL (e.g. 2, 1)"
         if kind == "radiometry":
             modes = "; ".join(
                 f"{int(mode)} = {radiometry.LABELS[mode]}" for mode in radiometry.Radiometry
@@ -430,10 +466,10 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
 
     def _tile_size(self, parameters, context) -> int | None:
         """The tile size of the model that will run (MODEL, else the bundled one), if known."""
-        model = parameters.get(self.MODEL)
-        if isinstance(model, str) and model.strip():
+        models = self._models(parameters, context)
+        if models:
             try:
-                return model_info.read_info(model.strip()).tile_size
+                return model_info.read_info(models[0]).tile_size
             except model_info.ModelError:
                 return None  # the run explains what is wrong with the model
         info = pipeline.bundled_model_info()
@@ -458,17 +494,26 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         kind = self._READ_HERE[key]
+        if kind == "weights":
+            return self._weights(key, value, parameters, context)
         if not isinstance(value, (str, numbers.Real)):
             # a data-defined value (QgsProperty...) or the like: QGIS evaluates it
             if not self.parameterDefinition(key).checkValueIsAcceptable(value, context):
                 self._refuse(key, value, parameters, context)
             if kind == "radiometry":
                 return radiometry.Radiometry(self.parameterAsEnum(parameters, key, context))
+            if kind == "tta":
+                return tta.TTA(self.parameterAsEnum(parameters, key, context))
             whole = kind not in ("probability", "metres")
             getter = self.parameterAsInt if whole else self.parameterAsDouble
             return getter(parameters, key, context)
         if kind == "radiometry":
             return self._radiometry(key, value, parameters, context)
+        if kind == "tta":
+            try:
+                return tta.parse(value if isinstance(value, str) else _number(value))
+            except (ValueError, TypeError):
+                self._refuse(key, value, parameters, context)
         number = _number(value)
         if number is None:
             hint = ""
@@ -490,6 +535,33 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         if number < definition.minimum() or number > definition.maximum():
             self._refuse(key, value, parameters, context)
         return number
+
+    def _weights(self, key, value, parameters, context) -> list[float] | None:
+        """WEIGHTS: numbers > 0 separated by commas (or semicolons), or a list of them."""
+        items = value if isinstance(value, (list, tuple)) else re.split(r"[,;\s]+", str(value))
+        items = [i for i in items if not (isinstance(i, str) and not i.strip())]
+        weights = [_number(i) for i in items]
+        if not weights or any(w is None or w <= 0 for w in weights):
+            self._refuse(key, value, parameters, context)
+        models = self._models(parameters, context)
+        if len(weights) != max(1, len(models)):
+            count = f"{len(models)} model(s)" if models else "the bundled model alone"
+            self._refuse(
+                key,
+                value,
+                parameters,
+                context,
+                f" {len(weights)} weight(s) were given for {count}.",
+            )
+        return [float(w) for w in weights]
+
+    def _models(self, parameters, context) -> list[str]:
+        """The ONNX files of MODEL (a list, or one path or several joined by ';')."""
+        value = parameters.get(self.MODEL)
+        if value is None or (isinstance(value, QVariant) and value.isNull()):
+            return []
+        items = value if isinstance(value, (list, tuple)) else str(value).split(";")
+        return [str(i).strip() for i in items if str(i).strip()]
 
     def _radiometry(self, key, value, parameters, context) -> radiometry.Radiometry:
         by_name = {name: mode for mode, name in radiometry.OPTION_NAMES.items()}
@@ -526,7 +598,12 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             },
             radiometry=self._value(parameters, self.RADIOMETRY, context)
             or radiometry.Radiometry.AUTOMATIC,
-            model=self.parameterAsFile(parameters, self.MODEL, context) or None,
+            model=self._models(parameters, context) or None,
+            weights=self._value(parameters, self.WEIGHTS, context),
+            tta=self._value(parameters, self.TTA, context) or tta.TTA.NONE,
+            histogram_matching=self.parameterAsBoolean(
+                parameters, self.HISTOGRAM_MATCHING, context
+            ),
             overlap=self._model_default(parameters, self.OVERLAP, context),
             threshold=self._model_default(parameters, self.THRESHOLD, context),
             batch_size=self._value(parameters, self.BATCH_SIZE, context),
@@ -564,6 +641,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             self.OVERLAP_USED: settings["overlap"]["value"],
             self.BANDS_USED: ", ".join(f"{k}={v}" for k, v in settings["bands"]["value"].items()),
             self.RADIOMETRY_USED: settings["radiometry"]["value"],
+            self.TTA_USED: settings["tta"]["value"],
         }
 
     def _style_loaded_layers(self, request: pipeline.MaskRequest, context) -> None:

@@ -27,6 +27,12 @@ REQUIRED_METADATA_KEYS: tuple[str, ...] = (
     "metrics",  # validation figures at export time
 )
 
+#: Optional metadata: reference reflectance quantiles of the training data per band (JSON
+#: ``{"levels": [...], "bands": {"B04": [...], ...}, "source": "..."}``), needed only for
+#: histogram matching (see :mod:`qgis_cloudmask.core.histogram`).
+REFERENCE_QUANTILES_KEY = "reference_quantiles"
+OPTIONAL_METADATA_KEYS: tuple[str, ...] = (REFERENCE_QUANTILES_KEY,)
+
 #: Sentinel-2 band name -> the role a user picks a raster band for.
 BAND_ROLES: dict[str, str] = {"B04": "red", "B03": "green", "B02": "blue", "B08": "nir"}
 

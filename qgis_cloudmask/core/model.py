@@ -17,6 +17,7 @@ import numpy as np
 
 from qgis_cloudmask import dependencies
 from qgis_cloudmask.core import contract, tiling
+from qgis_cloudmask.core.histogram import Reference
 
 
 class ModelError(Exception):
@@ -45,6 +46,8 @@ class ModelInfo:
     classes: dict[str, str]
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: reference quantiles of the training data (histogram matching), if the model has them
+    reference: Reference | None = None
 
     @property
     def band_roles(self) -> tuple[str, ...]:
@@ -187,6 +190,17 @@ def parse_metadata(props: dict[str, str], source: str = "the model") -> ModelInf
         raise ModelError(
             f"{source}: metadata 'recommended_overlap' does not fit its {tile}-px tiles: {exc}."
         ) from None
+    reference = None
+    key = contract.REFERENCE_QUANTILES_KEY
+    if key in props:
+        try:
+            reference = Reference.from_metadata(json.loads(props[key]), tuple(values["bands"]))
+        except (TypeError, ValueError) as exc:
+            detail = "it is not valid JSON" if isinstance(exc, json.JSONDecodeError) else exc
+            raise ModelError(
+                f"{source}: the optional metadata {key!r} (reference quantiles for histogram "
+                f"matching) is not usable: {detail}. Re-export the model, or remove the key."
+            ) from None
     return ModelInfo(
         name=values["model_name"].strip(),
         version=values["model_version"].strip(),
@@ -199,6 +213,7 @@ def parse_metadata(props: dict[str, str], source: str = "the model") -> ModelInf
         classes=dict(values["classes"]),
         training=dict(values["training"]),
         metrics=dict(values["metrics"]),
+        reference=reference,
     )
 
 

@@ -76,6 +76,11 @@ def test_split_is_by_group_seeded_and_saved(data_root, tmp_path):
     assert all(n in saved for n in names_v)
     again = datasets.load_or_make_split(scenes, tmp_path, 0.9, seed=99)  # files win
     assert {s.name for s in again[1]} == names_v
+    # a scene added later is in neither file: held out, not silently trained on
+    (tmp_path / "train.txt").write_text("\n".join(sorted(names_t)[1:]) + "\n")
+    train2, val2 = datasets.load_or_make_split(scenes, tmp_path, 0.34, seed=3)
+    assert {s.name for s in train2} == set(sorted(names_t)[1:])
+    assert {s.name for s in val2} == names_v
 
 
 def test_split_keeps_a_group_together():
