@@ -28,6 +28,7 @@ from qgis_cloudmask.core.model import CloudModel
 from training import config as config_mod
 from training import datasets
 from training.config import Config
+from training.train import parse_overrides
 
 #: Pixels drawn over all training scenes together.
 SAMPLE_PIXELS = 2_000_000
@@ -94,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--model", type=Path, required=True, help="ONNX file to add them to")
     parser.add_argument("--version", default=None, help="new model_version (a patch bump)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides: section.key=value")
     args = parser.parse_args(argv)
-    cfg = config_mod.load(args.config)
+    cfg = config_mod.load(args.config, parse_overrides(args.set))
     reference = training_reference(cfg, args.data_root)
     print(json.dumps(stamp(args.model, reference, args.version), indent=2))
     for band, values in zip(contract.DEFAULT_BANDS, reference.values):

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from qgis_cloudmask.core import contract, inference
+from qgis_cloudmask.core import contract, histogram, inference
 from qgis_cloudmask.core.model import CloudModel
-from training import config, evaluate, export, pseudolabel, train
+from training import config, evaluate, export, pseudolabel, reference, train
 
 pytestmark = pytest.mark.training
 
@@ -38,8 +38,8 @@ def trained(tiny_cfg, data_root):
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_cfg, trained):
-    return export.export(tiny_cfg)
+def exported(tiny_cfg, trained, data_root):
+    return export.export(tiny_cfg, data_root=data_root)
 
 
 def test_default_and_tiny_configs_share_one_schema():
@@ -73,6 +73,40 @@ def test_training_resumes_from_last_checkpoint(tiny_cfg, data_root, trained, cap
 def test_export_passes_checker_parity_and_size(exported):
     assert exported["parity_max_abs"] < export.PARITY_ATOL
     assert exported["size_mb"] < 250
+
+
+def test_export_writes_the_training_datas_reference_quantiles(exported, tiny_cfg, data_root):
+    """Histogram matching's reference: quantiles of the training split, read back by the
+    plugin, equal to a fresh computation, and usable by the pipeline's option."""
+    info = CloudModel(exported["path"]).info
+    assert exported["reference_quantiles"] and info.reference is not None
+    again = reference.training_reference(tiny_cfg, data_root)
+    assert np.allclose(info.reference.values, again.values, atol=1e-6)
+    assert info.reference.levels == histogram.LEVELS
+    for values in info.reference.values:  # quantiles of reflectance: rising, plausible
+        assert all(b >= a for a, b in zip(values, values[1:]))
+        assert 0.0 <= values[0] and values[-1] <= 1.5
+    train_names = {
+        line.strip()
+        for line in (config.resolve(tiny_cfg.data.split_dir) / "train.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert f"{len(train_names)} training scenes" in info.reference.source
+
+
+def test_reference_stamp_keeps_the_weights(exported, tiny_cfg, data_root, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(exported["path"], copy)
+    before = onnx.load(str(copy)).graph.SerializeToString()
+    reference.main(
+        ["--config", str(TINY), "--data-root", str(data_root), "--model", str(copy)]
+        + ["--version", "9.9.9", "--set", f"data.teacher_dir={data_root / 'teacher'}"]
+        + [f"data.split_dir={config.resolve(tiny_cfg.data.split_dir)}"]
+    )
+    assert onnx.load(str(copy)).graph.SerializeToString() == before
+    assert CloudModel(copy).info.version == "9.9.9"
 
 
 def test_exported_graph_and_metadata_follow_the_contract(exported):
