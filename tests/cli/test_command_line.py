@@ -190,6 +190,10 @@ def test_failure_exits_1_with_the_message_and_no_file(tmp_path, pixel_model):
         ("--min-cloud-size", "-1"),
         ("--vector", "clouds.shp"),
         ("--masked", "masked.png"),
+        ("--tta", "rot90"),
+        ("--weight", "0"),
+        ("--weight", "2", "--weight", "1"),  # two weights, one model
+        ("--histogram-matching",),  # the test model has no reference quantiles
     ],
 )
 def test_bad_usage_exits_2(s2, tmp_path, pixel_model, args):
@@ -204,3 +208,26 @@ def test_parameters_the_input_contradicts_exit_2(tmp_path, pixel_model):
     rc, _, err = cli("mask", six, tmp_path / "m.tif", "--model", pixel_model)
     assert rc == 2
     assert "has 6 bands and none is described" in err and "--red-band" in err
+
+
+def test_an_ensemble_with_tta_from_the_command_line(s2, tmp_path, pixel_model):
+    from qgis_cloudmask.core import contract
+
+    red = synthetic.write_pixel_model(
+        tmp_path / "red.onnx",
+        k=25,
+        centre=0.15,
+        channel=contract.DEFAULT_BANDS.index("B04"),
+        threshold=0.3,
+        meta={"model_name": "test-red-sigmoid"},
+    )
+    rc, out, err = cli(
+        "mask", s2, tmp_path / "m.tif", "--model", pixel_model, "--model", red,
+        "--weight", "3", "--weight", "1", "--tta", "flips", "--json",
+    )  # fmt: skip
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["tta"] == "flips" and summary["threshold"] == 0.45
+    assert [m["weight"] for m in summary["models"]] == [0.75, 0.25]
+    assert "weighted mean of the 2 models' thresholds" in err
+    assert "Test-time augmentation: Flips" in err

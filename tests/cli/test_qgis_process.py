@@ -150,3 +150,39 @@ def test_qgis_process_explains_bad_input_without_traceback(
     assert "Traceback" not in log, log
     new = set(os.listdir(work)) - set(before)
     assert new <= {f"{name}.aux.xml" for name in before}, new  # QGIS may describe the input
+
+
+def test_qgis_process_runs_an_ensemble_with_tta(tmp_path, pixel_model):
+    """MODEL repeated = an ensemble; TTA by index; the settings used come back as outputs."""
+    from qgis_cloudmask.core import contract
+
+    red = synthetic.write_pixel_model(
+        tmp_path / "red.onnx",
+        k=25,
+        centre=0.15,
+        channel=contract.DEFAULT_BANDS.index("B04"),
+        threshold=0.3,
+        meta={"model_name": "test-red-sigmoid"},
+    )
+    scene = synthetic.sample_scene(200, 230, seed=8)
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    rc, data, log = qgis_process.run_json(
+        "cloudmask:detectclouds",
+        {
+            "INPUT": src,
+            "MODEL": [pixel_model, red],
+            "WEIGHTS": "1,1",
+            "TTA": 2,
+            "OUTPUT": tmp_path / "mask.tif",
+            "OUTPUT_PROBABILITY": tmp_path / "p.tif",
+        },
+        tmp_path / "qgis-config",
+    )
+    assert rc == 0, log
+    res = data["results"]
+    assert res["TTA_USED"] == "d8" and res["THRESHOLD_USED"] == pytest.approx(0.4)
+    assert res["MODEL_NAME"].startswith("ensemble of 2 models")
+    prob = gdal.Open(str(tmp_path / "p.tif")).ReadAsArray()
+    expected = 0.5 * synthetic.sigmoid_probability(scene[0] / 10000, 40, 0.2)
+    expected += 0.5 * synthetic.sigmoid_probability(scene[2] / 10000, 25, 0.15)
+    np.testing.assert_allclose(prob, expected, atol=1e-5)

@@ -240,3 +240,76 @@ def test_undecidable_radiometry_is_a_warning_naming_the_parameter(run_alg, scene
     assert stats["warnings"] == fb.warnings
     _, mask = read(res["OUTPUT"])
     assert_matches(mask, None, scene[0])  # the offset was assumed, rightly here
+
+
+# -- inference options: ensembles, TTA, histogram matching ----------------------------------
+
+
+@pytest.fixture
+def red_model(tmp_path):
+    from qgis_cloudmask.core import contract
+
+    return synthetic.write_pixel_model(
+        tmp_path / "red.onnx",
+        k=25,
+        centre=0.15,
+        channel=contract.DEFAULT_BANDS.index("B04"),
+        threshold=0.3,
+        meta={"model_name": "test-red-sigmoid"},
+    )
+
+
+def test_several_models_form_a_weighted_ensemble(run_alg, scene, tmp_path, pixel_model, red_model):
+    res, mask, prob = run_and_read(
+        run_alg,
+        synthetic.write_geotiff(tmp_path / "s2.tif", scene),
+        tmp_path,
+        MODEL=[str(pixel_model), red_model],
+        WEIGHTS="3, 1",
+        TTA=1,
+    )
+    refl_blue, refl_red = scene[0] / 10000, scene[2] / 10000
+    expected = 0.75 * synthetic.sigmoid_probability(refl_blue, 40, 0.2)
+    expected += 0.25 * synthetic.sigmoid_probability(refl_red, 25, 0.15)
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    assert res["THRESHOLD_USED"] == pytest.approx(0.45)
+    assert res["TTA_USED"] == "flips"
+    assert res["MODEL_NAME"].startswith("ensemble of 2 models")
+
+
+def test_tta_given_by_name_and_histogram_matching_off_by_default(run_alg, scene, tmp_path):
+    res, mask, prob = run_and_read(
+        run_alg, synthetic.write_geotiff(tmp_path / "s2.tif", scene), tmp_path, TTA="d8"
+    )
+    assert res["TTA_USED"] == "d8"
+    assert_matches(mask, prob, scene[0])  # a per-pixel model: TTA changes nothing
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"WEIGHTS": "3"}, "WEIGHTS (Ensemble weights"),
+        ({"WEIGHTS": "3, 0"}, "numbers greater than 0"),
+        ({"WEIGHTS": "3, x"}, "numbers greater than 0"),
+        ({"TTA": 5}, "TTA (Test-time augmentation) must be one of 0 = None"),
+        ({"TTA": "rotations"}, "or the name none, flips, d8"),
+        ({"HISTOGRAM_MATCHING": True}, "HISTOGRAM_MATCHING"),
+    ],
+)
+def test_bad_option_values_name_the_parameter(
+    run_alg, scene, tmp_path, pixel_model, red_model, params, words
+):
+    from qgis.core import QgsProcessingException
+
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    with pytest.raises(QgsProcessingException) as info:
+        run_alg(
+            {
+                "INPUT": src,
+                "OUTPUT": str(tmp_path / "mask.tif"),
+                "MODEL": [str(pixel_model), red_model],
+                **params,
+            }
+        )
+    assert words in str(info.value)
+    assert not (tmp_path / "mask.tif").exists()

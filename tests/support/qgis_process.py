@@ -55,7 +55,9 @@ def run_json(
 ):
     """``qgis_process --json run ALG -- KEY=VALUE ...`` -> (returncode, JSON or None, log)."""
     args = [executable(), "--json", "run", algorithm, "--"]
-    args += [f"{k}={v}" for k, v in params.items()]
+    for key, value in params.items():  # a list: the parameter repeated (multiple values)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        args += [f"{key}={v}" for v in values]
     proc = subprocess.run(
         args,
         env=environment(config_dir, plugin_path),
