@@ -10,6 +10,9 @@ Two kinds of cases:
 
 * ``--sizes``: small rasters written in one piece, each run twice (inference only, and with
   every post-processing step);
+* ``--options``: one raster run with each inference option (TTA flips and d8, histogram
+  matching, an ensemble of two models) against the plain run in the same bench: their cost as
+  Mpx/s, as a ratio to the plain run, and their peak RSS;
 * ``--big``: large rasters (a 200000 px wide strip, a 200000 px tall one, a whole Sentinel-2
   tile) written block by block as DEFLATE-compressed tiled GeoTIFFs, never whole in memory,
   run with inference only. ``--big none`` skips them (they take 10 to 15 minutes).
@@ -143,17 +146,35 @@ def write_big_geotiff(path: Path, height: int, width: int, seed: int = 1) -> str
 POST = {"min_cloud_size": 20, "buffer": 60.0}
 
 
-def child(raster: str, model_file: str, batch: int, post: bool) -> None:
+#: Inference options the ``--options`` rows compare (MaskRequest fields; "ensemble" adds a
+#: copy of the model under another name, so two sessions run like any two-model ensemble).
+OPTIONS = {
+    "plain": {},
+    "tta flips": {"tta": "flips"},
+    "tta d8": {"tta": "d8"},
+    "histogram matching": {"histogram_matching": True},
+    "ensemble of 2": {"ensemble": True},
+}
+
+
+def child(raster: str, model_file: str, batch: int, post: bool, options: dict) -> None:
     """Run the headless pipeline (what the algorithm and the command line run) and print one
     JSON line. Timed: the whole run - open, decide bands and radiometry (decimated first pass),
     load the model, read, infer, blend, write; with ``post`` also sieve, buffer, polygons and
     the masked image."""
+    import shutil
+
     from qgis_cloudmask import pipeline
 
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(raster))) as tmp:
         extra = dict(POST, vector=f"{tmp}/clouds.gpkg", masked=f"{tmp}/masked.tif") if post else {}
+        options = dict(options)
+        if options.pop("ensemble", False):
+            shutil.copy(model_file, f"{tmp}/member2.onnx")
+            model_file = [model_file, f"{tmp}/member2.onnx"]
+        extra.update(options)
         result = pipeline.run(
             pipeline.MaskRequest(
                 raster,
@@ -192,7 +213,9 @@ def tile_factor(height: int, width: int, tile: int, overlap: int) -> float:
     return sum(len(b.col_starts) for b in blocks(plan)) * len(plan.row_starts) / plan.n_tiles
 
 
-def run_child(raster: str, model_file: Path, batch: int, post: bool) -> dict:
+def run_child(
+    raster: str, model_file: Path, batch: int, post: bool, options: dict | None = None
+) -> dict:
     proc = subprocess.run(
         [
             sys.executable,
@@ -204,6 +227,7 @@ def run_child(raster: str, model_file: Path, batch: int, post: bool) -> dict:
             raster,
             str(model_file),
             *(["--post"] if post else []),
+            *(["--options", json.dumps(options)] if options else []),
         ],
         cwd=REPO,
         capture_output=True,
@@ -236,11 +260,17 @@ def main() -> int:
         help="folder for the synthetic inputs and outputs (default: a temporary folder; the big "
         "cases need about 2 GB free there)",
     )
+    parser.add_argument(
+        "--options-size",
+        default="2048x1024",
+        help="HxW raster run with each inference option (default 2048x1024; 'none' skips)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("RASTER", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--post", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.batch, args.post)
+        child(args.child[0], args.child[1], args.batch, args.post, json.loads(args.options))
         return 0
 
     from qgis_cloudmask.core.model import read_info
@@ -280,6 +310,22 @@ def main() -> int:
                 r = run_child(raster, model_file, args.batch, post)
                 row(f"{h}x{w}" + (" + post" if post else ""), h, w, r)
             os.remove(raster)
+        for h, w in parse_sizes(args.options_size):
+            raster = synthetic.write_geotiff(work / f"{h}x{w}.tif", synthetic.sample_scene(h, w, 1))
+            print(f"\ninference options on {h}x{w} (ratio: Mpx/s over the plain run's, same bench)")
+            plain = None
+            for name, options in OPTIONS.items():
+                r = run_child(raster, model_file, args.batch, False, options)
+                mps = r["mpx"] / r["seconds"]
+                plain = plain or mps
+                print(
+                    f"{name:>20} {r['mpx']:7.2f} {r['seconds']:8.2f} {mps:7.3f} "
+                    f"{'x' + format(mps / plain, '.2f'):>7} {'':>8} {r['peak_rss_mb']:12.0f} "
+                    f"{r['outputs_mb']:7.0f}   cloud {r['cloud_percent']:.2f} %",
+                    flush=True,
+                )
+            os.remove(raster)
+        print()
         for h, w in big:
             start = time.perf_counter()
             raster = write_big_geotiff(work / f"big-{h}x{w}.tif", h, w)

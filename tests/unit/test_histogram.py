@@ -118,3 +118,18 @@ def test_a_broken_reference_is_refused_naming_the_key(value, words):
     with pytest.raises(ModelError, match="reference_quantiles") as info:
         parse_metadata(_props(value), "The model 'x.onnx'")
     assert words in str(info.value) and "x.onnx" in str(info.value)
+
+
+def test_the_lookup_table_is_exact_on_dn_and_close_between():
+    """apply() goes through a table with points every 1e-4 reflectance: Sentinel-2 DN fall on
+    them (exact); other floats are within 1e-4 of the exact mapping."""
+    rng = np.random.default_rng(3)
+    match = HistogramMatch.between(
+        histogram.scene_quantiles(rng.gamma(2.0, 0.06, (4, 30000))),
+        _reference(rng.gamma(3.0, 0.05, (4, 30000))),
+    )
+    dn = rng.integers(0, 20001, (2, 4, 32, 32)).astype(np.float32) / np.float32(10000)
+    floats = np.clip(rng.gamma(2.0, 0.08, (2, 4, 32, 32)), 0, 2).astype(np.float32)
+    for tiles, tolerance in ((dn, 1e-6), (floats, 1e-4)):
+        exact = np.stack([match.map_values(c, tiles[:, c]) for c in range(4)], axis=1)
+        assert np.abs(match.apply(tiles) - exact).max() <= tolerance
