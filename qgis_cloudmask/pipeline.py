@@ -84,7 +84,7 @@ class MaskRequest:
     bands: dict[str, int | None] = field(default_factory=dict)
     radiometry: radiometry.Radiometry = radiometry.Radiometry.AUTOMATIC
     #: one ONNX file, or several (an ensemble: probabilities averaged); None: the bundled model
-    model: str | list[str] | tuple[str, ...] | None = None
+    model: str | os.PathLike | list[str] | tuple[str, ...] | None = None
     #: one weight per model of an ensemble (None: equal weights)
     weights: list[float] | tuple[float, ...] | None = None
     #: test-time augmentation: a :class:`tta.TTA`, its index or name ("none", "flips", "d8")
@@ -294,7 +294,8 @@ def check_outputs(request: MaskRequest) -> None:
 
 def _model_paths(model: str | list[str] | tuple[str, ...] | None) -> list[str]:
     """The ONNX files asked for (the bundled one when none)."""
-    paths = [model] if isinstance(model, str) else list(model or [])
+    single = isinstance(model, (str, os.PathLike))
+    paths = [model] if single else list(model or [])
     paths = [os.fspath(p).strip() for p in paths if p is not None and os.fspath(p).strip()]
     if paths:
         return paths
