@@ -28,7 +28,7 @@ from training import config as config_mod
 from training import reference
 from training.config import Config
 from training.model import ExportWrapper
-from training.train import load_checkpoint
+from training.train import load_checkpoint, parse_overrides
 
 PARITY_ATOL = 1e-4
 
@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="also write the training data's reference quantiles and dev-chip metrics",
     )
+    parser.add_argument("--set", nargs="*", default=[], help="overrides: section.key=value")
     args = parser.parse_args(argv)
-    cfg = config_mod.load(args.config)
+    cfg = config_mod.load(args.config, parse_overrides(args.set))
     summary = export(cfg, args.checkpoint, args.out, args.data_root)
     print(json.dumps(summary, indent=2))
     print("onnx.checker: ok | parity: ok | size: ok | plugin contract (CloudModel): ok")
