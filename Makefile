@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy 
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate report clean
+.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate shift report clean
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
@@ -64,8 +64,14 @@ train: $(STAMP) ## train the U-Net (config: training/configs/default.yaml)
 export: $(STAMP) ## export the best checkpoint to models/cloudmask.onnx
 	$(PY) -m training.export --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
-evaluate: $(STAMP) ## IoU/F1/precision/recall of models/cloudmask.onnx vs the teacher on labelled chips
-	$(PY) -m training.evaluate --data-root $(SHARED_DATA)
+# A second model for the ensemble rows of `make evaluate` (used only where the file exists).
+ENSEMBLE_MODEL ?= runs/seed7/cloudmask.onnx
+
+evaluate: $(STAMP) ## the model and its inference options (TTA, histogram matching, ENSEMBLE_MODEL) vs the teacher -> docs/inference-options.md
+	$(PY) -m training.evaluate --data-root $(SHARED_DATA) $(foreach m,$(wildcard $(ENSEMBLE_MODEL)),--ensemble-model $(m)) --json docs/inference-options.json --markdown docs/inference-options.md
+
+shift: $(STAMP) ## shift sensitivity of the model with and without TTA on real scenes -> docs/inference-options.md + figures
+	$(PY) -m training.shift_sensitivity --data-root $(SHARED_DATA) --json docs/shift-sensitivity.json --markdown docs/inference-options.md --figures docs/figures
 
 report: $(STAMP) ## write docs/training-report.md with its figures
 	$(PY) -m training.report --config training/configs/default.yaml --data-root $(SHARED_DATA)

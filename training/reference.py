@@ -35,9 +35,15 @@ SAMPLE_PIXELS = 2_000_000
 
 
 def training_reference(
-    cfg: Config, data_root: Path, pixels: int = SAMPLE_PIXELS, seed: int = 0
+    cfg: Config,
+    data_root: Path,
+    pixels: int = SAMPLE_PIXELS,
+    seed: int = 0,
+    clear_only: bool = False,
 ) -> histogram.Reference:
-    """Quantiles (:data:`histogram.LEVELS`) of the training split's reflectance per band."""
+    """Quantiles (:data:`histogram.LEVELS`) of the training split's reflectance per band;
+    ``clear_only``: only pixels whose training target says clear (< 0.5), an experiment (see
+    docs/inference-options.md)."""
     scenes = datasets.training_scenes(
         cfg.data, Path(data_root), config_mod.resolve(cfg.data.teacher_dir)
     )
@@ -50,6 +56,8 @@ def training_reference(
     for scene, weight in zip(train, weights):
         refl, target = scene.read(0, 0, scene.height, scene.width)
         valid = np.isfinite(target) & ~(refl == 0).all(0)
+        if clear_only:
+            valid &= target < 0.5
         values = refl[:, valid]
         if values.shape[1]:
             n = max(1, int(round(pixels * weight)))
@@ -59,7 +67,8 @@ def training_reference(
     sample = np.concatenate(parts, axis=1)
     quantiles = histogram.scene_quantiles(sample)
     source = (
-        f"{len(train)} training scenes ({', '.join(cfg.data.sources)}), {sample.shape[1]} "
+        ("clear pixels (target < 0.5) of " if clear_only else "")
+        + f"{len(train)} training scenes ({', '.join(cfg.data.sources)}), {sample.shape[1]} "
         "pixels drawn like the training crops (sqrt-area scene weights), real imagery only"
     )
     return histogram.Reference(
@@ -95,10 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data"))
     parser.add_argument("--model", type=Path, required=True, help="ONNX file to add them to")
     parser.add_argument("--version", default=None, help="new model_version (a patch bump)")
+    parser.add_argument(
+        "--clear-only", action="store_true", help="only pixels the training target calls clear"
+    )
     parser.add_argument("--set", nargs="*", default=[], help="overrides: section.key=value")
     args = parser.parse_args(argv)
     cfg = config_mod.load(args.config, parse_overrides(args.set))
-    reference = training_reference(cfg, args.data_root)
+    reference = training_reference(cfg, args.data_root, clear_only=args.clear_only)
     print(json.dumps(stamp(args.model, reference, args.version), indent=2))
     for band, values in zip(contract.DEFAULT_BANDS, reference.values):
         print(f"{band}: p1 {values[1]:.4f}  p50 {values[50]:.4f}  p99 {values[-2]:.4f}")

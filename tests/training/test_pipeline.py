@@ -137,7 +137,9 @@ def test_plugin_core_loads_and_runs_the_exported_model(exported):
     assert stats.valid_pixels == 300 * 260
 
 
-def test_evaluate_prints_ours_teacher_and_brightness(exported, data_root, tmp_path, capsys):
+def test_evaluate_prints_ours_teacher_and_brightness(
+    exported, tiny_cfg, data_root, tmp_path, capsys
+):
     out = tmp_path / "eval.json"
     evaluate.main(
         [
@@ -145,6 +147,8 @@ def test_evaluate_prints_ours_teacher_and_brightness(exported, data_root, tmp_pa
             str(data_root),
             "--model",
             exported["path"],
+            "--split-dir",
+            str(config.resolve(tiny_cfg.data.split_dir)),
             "--repeats",
             "1",
             "--json",
@@ -156,6 +160,10 @@ def test_evaluate_prints_ours_teacher_and_brightness(exported, data_root, tmp_pa
     summary = json.loads(out.read_text())
     assert set(summary["scenes"]) == {"chip_a", "chip_b"}
     assert set(summary["pooled"]["all"]) == {"ours", "teacher", "brightness"}
+    # the exported model carries its reference: every option but the ensemble applies
+    assert list(summary["variants"]) == ["none", "tta=flips", "tta=d8", "histogram_matching"]
+    assert summary["skipped_variants"] == ["ensemble", "ensemble+flips"]
+    assert summary["variants"]["none"]["pooled"]["all"] == summary["pooled"]["all"]["ours"]
 
 
 def test_pseudolabel_writes_soft_teacher_probabilities(data_root, tmp_path):
