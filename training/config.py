@@ -78,6 +78,11 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 10  # epochs without a better validation IoU before stopping
     threshold: float = 0.5
+    #: what picks best.pt and drives early stopping: "dev" (the human-labelled dev chips when
+    #: there are any, else the validation split: how the shipped model was trained) or "val"
+    #: (the validation split of the training data only: the research experiments, so the two
+    #: dev chips stay an untouched final check)
+    select_on: str = "dev"
 
 
 @dataclass

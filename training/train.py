@@ -19,6 +19,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -125,13 +126,35 @@ def _write_log(run_dir: Path, history: list[dict]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(history, indent=2))
 
 
-def selection_key(row: dict) -> str:
-    """Model selection metric: human-labelled dev IoU when available, else held-out val IoU."""
-    return "dev_iou" if "dev_iou" in row else "val_iou"
+def selection_key(row: dict, select_on: str = "dev") -> str:
+    """Model selection metric: with ``select_on="dev"`` the human-labelled dev IoU when
+    available, else the held-out validation IoU; with ``"val"`` always the validation IoU."""
+    if select_on not in ("dev", "val"):
+        raise ValueError(f"train.select_on must be 'dev' or 'val', not {select_on!r}")
+    return "dev_iou" if select_on == "dev" and "dev_iou" in row else "val_iou"
 
 
-def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) the run described by ``cfg``; returns its run folder."""
+#: ``objective(model, x, y) -> loss``: one training step's loss (default: the config's loss
+#: of ``model(x)`` against ``y``). Experiments swap it (distillation, point labels).
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def run(
+    cfg: Config,
+    data_root: Path,
+    fresh: bool = False,
+    progress: bool = True,
+    *,
+    build: Callable[[Config], torch.nn.Module] | None = None,
+    objective: Objective | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> Path:
+    """Train (or resume) the run described by ``cfg``; returns its run folder.
+
+    Hooks for the experiments (all optional): ``build`` makes the network from the config
+    (default :func:`build_model`), ``objective`` computes a step's loss, ``on_epoch`` gets each
+    epoch's row after it is saved (an Optuna callback may raise ``TrialPruned`` there).
+    """
     torch.set_num_threads(cfg.train.threads)
     _seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir
@@ -168,7 +191,7 @@ def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True
     )
     val_crops = datasets.fixed_crops(val_scenes, cfg.data, cfg.train.seed)
 
-    model = build_model(cfg)
+    model = (build or build_model)(cfg)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
@@ -177,6 +200,11 @@ def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True
         optimizer, max_lr=cfg.train.lr, total_steps=total_steps, pct_start=0.1
     )
     loss_fn = make_loss(cfg.loss)
+    if objective is None:
+
+        def objective(net, x, y):
+            return loss_fn(net(x), y)
+
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
     last = run_dir / "last.pt"
     if last.is_file() and not fresh:
@@ -216,7 +244,7 @@ def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True
             if step >= cfg.train.steps_per_epoch:
                 break
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = objective(model, x, y)
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -236,7 +264,7 @@ def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True
         row["seconds"] = round(time.perf_counter() - t0, 1)
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        score = row[selection_key(row)]
+        score = row[selection_key(row, cfg.train.select_on)]
         ckpt = {
             "config": cfg.to_dict(),
             "model": model.state_dict(),
@@ -255,6 +283,8 @@ def run(cfg: Config, data_root: Path, fresh: bool = False, progress: bool = True
         print(
             f"epoch {epoch + 1}: {shown} best {state['best']:.4f} ({row['seconds']} s)", flush=True
         )
+        if on_epoch is not None:
+            on_epoch(row)
     (run_dir / "DONE").write_text(
         json.dumps({"epochs": state["epoch"], "best": state["best"]}, indent=2)
     )

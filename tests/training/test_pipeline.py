@@ -192,3 +192,12 @@ def test_report_writes_markdown_and_figures(tiny_cfg, exported, data_root, tmp_p
         assert (out.parent / "figures" / figure).stat().st_size > 0
         assert f"figures/{figure}" in text
     assert "teacher" in text and "brightness" in text and "Metric definitions" in text
+
+
+def test_selection_on_the_validation_split_ignores_the_dev_chips():
+    row = {"val_iou": 0.5, "dev_iou": 0.9}
+    assert train.selection_key(row) == "dev_iou"  # how the shipped model was chosen
+    assert train.selection_key(row, "val") == "val_iou"  # the research experiments
+    assert train.selection_key({"val_iou": 0.5}, "dev") == "val_iou"
+    with pytest.raises(ValueError, match="select_on"):
+        train.selection_key(row, "test")
