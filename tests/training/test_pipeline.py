@@ -201,3 +201,26 @@ def test_selection_on_the_validation_split_ignores_the_dev_chips():
     assert train.selection_key({"val_iou": 0.5}, "dev") == "val_iou"
     with pytest.raises(ValueError, match="select_on"):
         train.selection_key(row, "test")
+
+
+def test_experiment_evidence_writes_the_three_figures_and_the_final_check(
+    tiny_cfg, trained, exported, data_root, tmp_path
+):
+    from training import experiment
+
+    ev = experiment.evidence(
+        tiny_cfg, trained, data_root, config.Path(exported["path"]), tmp_path / "fig", "tiny"
+    )
+    for kind in ("loss", "validation", "precision_recall"):
+        assert config.Path(ev.figures[kind]).stat().st_size > 0
+    assert set(ev.pooled["sentinel2"]) >= {"iou", "f1", "precision", "recall"}
+    assert ev.mp_per_s > 0 and "val_iou" in ev.best_val
+    row = experiment.table_row("tiny", ev, size_mb=exported["size_mb"])
+    table = experiment.results_table([row])
+    assert table.splitlines()[0].startswith("| model | val IoU (selection) | S2 dev IoU")
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\nhand-written\n")
+    experiment.write_section(page, "results", table)
+    experiment.write_section(page, "results", table)  # replaced, not appended twice
+    text = page.read_text()
+    assert text.count("BEGIN results") == 1 and "hand-written" in text

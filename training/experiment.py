@@ -1,0 +1,176 @@
+"""The evidence every training experiment reports, written by one piece of code.
+
+The research experiments (hyper-parameter search, distillation, architecture search, point
+labels) each end with one or more exported ONNX models and their training runs. For each they
+report, as the seeds ask:
+
+(a) ten segmented validation images (dev chips with their human label first, then crops of the
+    validation split), predicted through the plugin's tiled inference;
+(b) training and validation loss against epochs (and IoU: validation split, dev chips);
+(c) precision and recall over thresholds on the labelled chips;
+
+plus the final check, with exactly the code path of ``make evaluate``
+(:func:`training.evaluate.evaluate` -> ``pipeline.run``): pooled scores on the Sentinel-2 dev
+chips and the Landsat chips, false positives on the held-out clear scenes, megapixels per
+second. Model *selection* in the experiments uses the validation split only
+(``train.select_on: val``); these figures are the report beside it.
+
+    evidence = experiment.evidence(cfg, run_dir, data_root, onnx, figures_dir, "kd_student")
+    rows = [experiment.table_row("student (KD)", evidence, size_mb=...)]
+    experiment.write_section(doc_path, "results", experiment.results_table(rows))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training import config as config_mod
+from training import evaluate, report
+from training.config import Config
+
+#: Columns of :func:`results_table`, in order (key in the row -> header).
+COLUMNS = {
+    "name": "model",
+    "val_iou": "val IoU (selection)",
+    "s2_iou": "S2 dev IoU",
+    "s2_f1": "S2 F1",
+    "s2_precision": "S2 precision",
+    "s2_recall": "S2 recall",
+    "landsat_iou": "Landsat IoU",
+    "clear_fp": "clear-scene FP %",
+    "mp_s": "MP/s",
+    "size_mb": "size MB",
+}
+
+
+@dataclass
+class Evidence:
+    """What :func:`evidence` measured and where its figures are."""
+
+    model: str
+    pooled: dict  # group ("sentinel2", "landsat") -> scores of ours
+    clear_fp_percent: float | None
+    mp_per_s: float
+    best_val: dict  # the selected epoch's row of the run (val_iou, val_loss...)
+    figures: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def final_check(
+    model: Path, data_root: Path, split_dir: Path | None = None, repeats: int = 1
+) -> evaluate.Evaluation:
+    """``make evaluate``'s code path (no teacher, default inference options) on the labelled
+    chips and the held-out clear scenes."""
+    data_root = Path(data_root)
+    scenes = evaluate.labelled_scenes(data_root / "dev_labelled")
+    split_dir = Path(split_dir) if split_dir else config_mod.resolve("training/splits")
+    unlabelled = data_root / "s2_unlabelled"
+    clear = evaluate.clear_scenes(unlabelled, split_dir) if unlabelled.is_dir() else []
+    return evaluate.evaluate(Path(model), scenes, clear, teacher=False, repeats=repeats)
+
+
+def _best_row(run_dir: Path, select_on: str) -> dict:
+    history = json.loads((Path(run_dir) / "metrics.json").read_text())
+    if not history:
+        return {}
+    from training.train import selection_key
+
+    key = selection_key(history[0], select_on)
+    return max(history, key=lambda r: r.get(key, -1.0))
+
+
+def evidence(
+    cfg: Config,
+    run_dir: Path,
+    data_root: Path,
+    model: Path,
+    figures_dir: Path,
+    stem: str,
+    split_dir: Path | None = None,
+) -> Evidence:
+    """The three figures (``<stem>_loss.png``, ``<stem>_validation.png``, ``<stem>_pr.png`` in
+    ``figures_dir``) and the final check of ``model`` trained in ``run_dir``."""
+    from qgis_cloudmask.core.model import CloudModel
+
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    ev = final_check(model, data_root, split_dir or config_mod.resolve(cfg.data.split_dir))
+    summary = evaluate.summarise_variants(ev, 1)[evaluate.NONE.name]
+    loaded = CloudModel(model)
+    threshold = loaded.info.threshold
+    history = json.loads((Path(run_dir) / "metrics.json").read_text())
+    paths = {
+        "loss": figures_dir / f"{stem}_loss.png",
+        "validation": figures_dir / f"{stem}_validation.png",
+        "precision_recall": figures_dir / f"{stem}_pr.png",
+    }
+    report.plot_curves(history, paths["loss"], cfg.train.threshold)
+    results = [r for r in ev.results if evaluate.is_sentinel2(r.name)] or ev.results
+    samples = report.validation_samples(cfg, Path(run_dir), Path(data_root), loaded, results)
+    report.plot_grid(samples, paths["validation"])
+    report.plot_pr(report.pr_curves(results), paths["precision_recall"], threshold)
+    clear = summary.get("clear_scenes")
+    return Evidence(
+        model=str(model),
+        pooled=summary["pooled"],
+        clear_fp_percent=clear["pooled_percent"] if clear else None,
+        mp_per_s=summary["cost"]["mp_per_s"],
+        best_val={k: v for k, v in _best_row(run_dir, cfg.train.select_on).items()},
+        figures={k: str(v) for k, v in paths.items()},
+    )
+
+
+def table_row(name: str, ev: Evidence, **extra) -> dict:
+    """One row of :func:`results_table` from an :class:`Evidence` (``extra``: e.g. size_mb)."""
+    s2, landsat = ev.pooled.get("sentinel2", {}), ev.pooled.get("landsat", {})
+    row = {
+        "name": name,
+        "val_iou": ev.best_val.get("val_iou"),
+        "s2_iou": s2.get("iou"),
+        "s2_f1": s2.get("f1"),
+        "s2_precision": s2.get("precision"),
+        "s2_recall": s2.get("recall"),
+        "landsat_iou": landsat.get("iou"),
+        "clear_fp": ev.clear_fp_percent,
+        "mp_s": ev.mp_per_s,
+    }
+    row.update(extra)
+    return row
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def results_table(rows: list[dict], columns: dict[str, str] | None = None) -> str:
+    """A Markdown table of result rows (missing values shown as –)."""
+    columns = columns or {k: v for k, v in COLUMNS.items() if any(k in r for r in rows)}
+    lines = [
+        "| " + " | ".join(columns.values()) + " |",
+        "|" + "|".join("---" if k == "name" else "---:" for k in columns) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(k)) for k in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, key: str, text: str) -> None:
+    """Put ``text`` between the ``BEGIN key`` / ``END key`` markers of a Markdown page (the
+    hand-written text around them is kept; markers are added at the end when missing)."""
+    evaluate.write_markdown(Path(path), text, key)
+
+
+def relative(path: str | os.PathLike, page: Path) -> str:
+    """A figure's path relative to the page that shows it."""
+    return os.path.relpath(Path(path), Path(page).parent)
