@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy 
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate shift report clean
+.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate shift report point-labels clean
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
@@ -75,6 +75,9 @@ shift: $(STAMP) ## shift sensitivity of the model with and without TTA on real s
 
 report: $(STAMP) ## write docs/training-report.md with its figures
 	$(PY) -m training.report --config training/configs/default.yaml --data-root $(SHARED_DATA)
+
+point-labels: $(STAMP) ## point labels + partial focal CE: 16 short runs (resumable) -> docs/point-labels.md
+	$(PY) -m training.point_labels run --config training/configs/point_labels.yaml --data-root $(SHARED_DATA)
 
 clean: ## remove build and test leftovers (keeps the venv)
 	rm -rf dist $(DEMO_DIR) .pytest_cache .qgis-settings

@@ -52,7 +52,11 @@ def metadata(cfg: Config, ckpt: dict, threshold: float) -> dict[str, str]:
             "data": (
                 "teacher pseudo-labels (ukis-csmask 4-band L1C/L2A ONNX, soft P(cloud)) on real "
                 "unlabelled Sentinel-2 scenes + procedural synthetic clouds with exact labels; "
-                "model selection on human-labelled On Cloud N chips"
+                + (
+                    "model selection on human-labelled On Cloud N chips"
+                    if run_cfg["train"].get("select_on", "dev") == "dev"
+                    else "model selection on the validation split (teacher/synthetic labels)"
+                )
                 if "teacher" in run_cfg["data"]["sources"]
                 else f"sources: {run_cfg['data']['sources']}"
             ),
