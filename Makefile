@@ -14,7 +14,7 @@ export QT_QPA_PLATFORM ?= offscreen
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/<version>/$(VERSION)/g' | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-11s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed 's/<version>/$(VERSION)/g' | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-13s %s\n", $$1, $$2}'
 
 # The install step, done once: every target that needs the environment depends on this stamp,
 # so `make test` or `make demo` alone set a fresh machine up. It is redone when a requirements
