@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy 
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate shift report point-labels clean
+.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate shift report distill point-labels hpo clean
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
@@ -75,6 +75,16 @@ shift: $(STAMP) ## shift sensitivity of the model with and without TTA on real s
 
 report: $(STAMP) ## write docs/training-report.md with its figures
 	$(PY) -m training.report --config training/configs/default.yaml --data-root $(SHARED_DATA)
+
+distill: $(STAMP) ## knowledge distillation: ResNet-34 teacher, small student without/with KD, report (each resumes; ~5 h) -> docs/knowledge-distillation.md
+	$(PY) -m training.distill teacher --config training/configs/distill.yaml --data-root $(SHARED_DATA)
+	$(PY) -m training.distill student --config training/configs/distill.yaml --data-root $(SHARED_DATA)
+	$(PY) -m training.distill report --config training/configs/distill.yaml --data-root $(SHARED_DATA)
+
+hpo: $(STAMP) ## Optuna TPE search (pruned short runs), retrain winner vs default, report (each resumes) -> docs/hyperparameter-optimization.md
+	$(PY) -m training.hpo search --config training/configs/hpo.yaml --data-root $(SHARED_DATA)
+	$(PY) -m training.hpo retrain --config training/configs/hpo.yaml --data-root $(SHARED_DATA)
+	$(PY) -m training.hpo report --config training/configs/hpo.yaml --data-root $(SHARED_DATA)
 
 point-labels: $(STAMP) ## point labels + partial focal CE: 16 short runs (resumable) -> docs/point-labels.md
 	$(PY) -m training.point_labels run --config training/configs/point_labels.yaml --data-root $(SHARED_DATA)
