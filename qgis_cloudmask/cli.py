@@ -91,6 +91,85 @@ _non_negative = _integer(0, "an integer")
 _positive = _integer(1, "an integer")
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options ``mask`` and ``batch`` share (bands, radiometry, model, inference)."""
+    for role in band_choice.ROLES:
+        p.add_argument(
+            band_choice.OPTION[role],
+            type=_band,
+            metavar="N",
+            dest=f"{role}_band",
+            help=f"band holding {band_choice.ROLE_LABEL[role]} "
+            f"({band_choice.ROLE_BAND[role]}); default: automatic",
+        )
+    p.add_argument(
+        "--radiometry",
+        type=_radiometry,
+        default=radiometry.Radiometry.AUTOMATIC,
+        metavar="MODE",
+        help="how values become reflectance: "
+        + "; ".join(
+            f"{name} ({int(mode)}) = {radiometry.LABELS[mode]}"
+            for mode, name in radiometry.OPTION_NAMES.items()
+        )
+        + ". Default: auto",
+    )
+    p.add_argument(
+        "--model",
+        metavar="ONNX",
+        action="append",
+        help="ONNX model (default: the bundled model); repeat it for an ensemble, whose "
+        "probabilities are averaged",
+    )
+    p.add_argument(
+        "--weight",
+        type=_weight,
+        metavar="W",
+        action="append",
+        help="weight of each --model in the ensemble, in the same order (default: equal)",
+    )
+    p.add_argument(
+        "--tta",
+        type=_tta,
+        default=tta.TTA.NONE,
+        metavar="MODE",
+        help="test-time augmentation: "
+        + "; ".join(f"{name} = {tta.LABELS[mode]}" for mode, name in tta.OPTION_NAMES.items())
+        + ". Default: none",
+    )
+    p.add_argument(
+        "--histogram-matching",
+        action="store_true",
+        help="map the scene's reflectance quantiles onto the model's training data first "
+        "(needs a model with reference quantiles; off by default)",
+    )
+    p.add_argument(
+        "--overlap", type=_non_negative, metavar="PX", help="tile overlap (default: the model's)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=_probability,
+        metavar="P",
+        help="cloud probability threshold 0-1 (default: the model's)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (4)"
+    )
+    p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime threads")
+    p.add_argument(
+        "--min-cloud-size",
+        type=_non_negative,
+        metavar="PX",
+        help="remove cloud patches smaller than PX pixels, 8-connected (default 0: keep all)",
+    )
+    p.add_argument(
+        "--buffer",
+        type=_metres,
+        metavar="M",
+        help="mark clear pixels within M metres of a cloud as cloud buffer, value 2 (default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qgis_cloudmask",
@@ -115,81 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mask.add_argument("input", metavar="INPUT", help="raster or Sentinel-2 product")
     mask.add_argument("output", metavar="OUTPUT", help="cloud mask GeoTIFF to write (.tif)")
-    for role in band_choice.ROLES:
-        mask.add_argument(
-            band_choice.OPTION[role],
-            type=_band,
-            metavar="N",
-            dest=f"{role}_band",
-            help=f"band holding {band_choice.ROLE_LABEL[role]} "
-            f"({band_choice.ROLE_BAND[role]}); default: automatic",
-        )
-    mask.add_argument(
-        "--radiometry",
-        type=_radiometry,
-        default=radiometry.Radiometry.AUTOMATIC,
-        metavar="MODE",
-        help="how values become reflectance: "
-        + "; ".join(
-            f"{name} ({int(mode)}) = {radiometry.LABELS[mode]}"
-            for mode, name in radiometry.OPTION_NAMES.items()
-        )
-        + ". Default: auto",
-    )
-    mask.add_argument(
-        "--model",
-        metavar="ONNX",
-        action="append",
-        help="ONNX model (default: the bundled model); repeat it for an ensemble, whose "
-        "probabilities are averaged",
-    )
-    mask.add_argument(
-        "--weight",
-        type=_weight,
-        metavar="W",
-        action="append",
-        help="weight of each --model in the ensemble, in the same order (default: equal)",
-    )
-    mask.add_argument(
-        "--tta",
-        type=_tta,
-        default=tta.TTA.NONE,
-        metavar="MODE",
-        help="test-time augmentation: "
-        + "; ".join(f"{name} = {tta.LABELS[mode]}" for mode, name in tta.OPTION_NAMES.items())
-        + ". Default: none",
-    )
-    mask.add_argument(
-        "--histogram-matching",
-        action="store_true",
-        help="map the scene's reflectance quantiles onto the model's training data first "
-        "(needs a model with reference quantiles; off by default)",
-    )
-    mask.add_argument(
-        "--overlap", type=_non_negative, metavar="PX", help="tile overlap (default: the model's)"
-    )
-    mask.add_argument(
-        "--threshold",
-        type=_probability,
-        metavar="P",
-        help="cloud probability threshold 0-1 (default: the model's)",
-    )
-    mask.add_argument(
-        "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (4)"
-    )
-    mask.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime threads")
-    mask.add_argument(
-        "--min-cloud-size",
-        type=_non_negative,
-        metavar="PX",
-        help="remove cloud patches smaller than PX pixels, 8-connected (default 0: keep all)",
-    )
-    mask.add_argument(
-        "--buffer",
-        type=_metres,
-        metavar="M",
-        help="mark clear pixels within M metres of a cloud as cloud buffer, value 2 (default 0)",
-    )
+    _add_run_options(mask)
     mask.add_argument("--probability", metavar="PATH", help="also write the cloud probability")
     mask.add_argument(
         "--vector", metavar="PATH", help="also write cloud polygons (GeoPackage, .gpkg)"
@@ -204,6 +209,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the statistics and settings as JSON"
     )
     mask.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no log lines")
+
+    batch = sub.add_parser(
+        "batch",
+        help="mask many rasters or products on a Dask cluster (one task per scene)",
+        description=(
+            "Mask many rasters or Sentinel-2 products, each exactly as 'mask' does, one Dask "
+            "task per scene: on a LocalCluster of this machine (--workers) or an existing "
+            "dask.distributed cluster (--scheduler; every worker must see the inputs and DIR "
+            "at the same paths). Writes DIR/<name>_mask.tif and DIR/<name>_stats.json per "
+            "scene (<name>: the file name without extension, or the product name) and "
+            "DIR/summary.csv + DIR/summary.parquet with one row per scene."
+        ),
+        epilog=(
+            "A failing scene is reported in the summary and does not stop the others. Scenes "
+            "whose outputs are complete are skipped (rerun after a crash); --overwrite redoes "
+            "them. Exit codes: 0 every scene ok or skipped, 1 some scene failed, 2 bad usage, "
+            "130 interrupted (no partial output is left)."
+        ),
+    )
+    batch.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="rasters or products: paths, glob patterns ('data/*.zip') or @list.txt",
+    )
+    batch.add_argument("--out", required=True, metavar="DIR", help="folder for the outputs")
+    _add_run_options(batch)
+    for key, suffix in (
+        ("probability", "_probability.tif"),
+        ("vector", "_clouds.gpkg"),
+        ("masked", "_masked.tif"),
+    ):
+        batch.add_argument(f"--{key}", action="store_true", help=f"also write DIR/<name>{suffix}")
+    batch.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="worker processes of the LocalCluster (default: one per two cores)",
+    )
+    batch.add_argument(
+        "--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786"
+    )
+    batch.add_argument(
+        "--overwrite", action="store_true", help="mask scenes whose outputs are complete again"
+    )
+    batch.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar and no log lines"
+    )
     return parser
 
 
@@ -256,14 +309,9 @@ class _ConsoleReporter:
             self._bar = None
 
 
-def _mask(args: argparse.Namespace) -> int:
-    from qgis_cloudmask import pipeline
-
-    request = pipeline.MaskRequest(
-        input=args.input,
-        output=args.output,
-        probability=args.probability,
-        stats=args.stats,
+def _run_options(args: argparse.Namespace) -> dict:
+    """The :class:`pipeline.MaskRequest` fields ``mask`` and ``batch`` share."""
+    return dict(
         bands={role: getattr(args, f"{role}_band") for role in band_choice.ROLES},
         radiometry=args.radiometry,
         model=args.model,
@@ -276,8 +324,20 @@ def _mask(args: argparse.Namespace) -> int:
         threads=args.threads,
         min_cloud_size=args.min_cloud_size,
         buffer=args.buffer,
+    )
+
+
+def _mask(args: argparse.Namespace) -> int:
+    from qgis_cloudmask import pipeline
+
+    request = pipeline.MaskRequest(
+        input=args.input,
+        output=args.output,
+        probability=args.probability,
+        stats=args.stats,
         vector=args.vector,
         masked=args.masked,
+        **_run_options(args),
     )
     reporter = _ConsoleReporter(args.quiet)
     try:
@@ -314,6 +374,46 @@ def _mask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from qgis_cloudmask import batch
+
+    def say(text: str) -> None:
+        if not args.quiet:
+            print(text, file=sys.stderr)
+
+    extras = [k for k in batch.EXTRA_OUTPUTS if getattr(args, k)]
+    try:
+        scenes = batch.plan(args.inputs)
+        rows = batch.run_batch(
+            scenes,
+            args.out,
+            _run_options(args),
+            extras,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            overwrite=args.overwrite,
+            say=say,
+            progress=not args.quiet,
+        )
+        csv_path, parquet_path = batch.write_summary(rows, args.out)
+    except batch.BatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: no partial output was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [r for r in rows if r["status"] == "failed"]
+    for r in failed:
+        print(f"failed: {r['name']}: {r['error']}", file=sys.stderr)
+    done = sum(r["status"] == "ok" for r in rows)
+    skipped = sum(r["status"].startswith("skipped") for r in rows)
+    print(
+        f"{done} masked, {skipped} skipped (complete), {len(failed)} failed; summary: "
+        f"{csv_path}, {parquet_path}"
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -322,5 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.command == "mask":
         return _mask(args)
+    if args.command == "batch":
+        return _batch(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return EXIT_USAGE
