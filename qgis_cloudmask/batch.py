@@ -15,8 +15,10 @@ import csv
 import glob
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -53,6 +55,8 @@ EXTRA_OUTPUTS = {
     "vector": "_clouds.gpkg",
     "masked": "_masked.tif",
 }
+#: How often (s) the batch looks at its tasks (and at Ctrl-C).
+POLL_SECONDS = 0.1
 INSTALL_HINT = (
     'The batch runner needs Dask: pip install "dask[distributed]==2026.8.0" "pyarrow==21.0.0" '
     "(the versions this project tests)."
@@ -296,21 +300,34 @@ def run_batch(
             options["threads"] = max(1, (os.cpu_count() or 1) // workers)
         client, cluster = _client(workers, scheduler, say)
         futures = []
+        stop = _InterruptFlag()
         try:
             say(f"Dask dashboard: {client.dashboard_link}")
-            from dask.distributed import as_completed
-
             futures = [
                 client.submit(run_scene, scene, paths, options, key=f"mask-{i}-{scene.name}")
                 for i, (scene, paths) in enumerate(todo)
             ]
             bar = _bar(len(futures), progress)
-            for future in as_completed(futures):
-                row = future.result()
-                rows[row["name"]] = row
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(failed=sum(r["status"] == "failed" for r in rows.values()))
+            pending = list(futures)
+            with stop:
+                while pending:
+                    # short polls, so Ctrl-C (a flag set by the signal handler) is seen at once
+                    # whatever Dask's threads are doing
+                    if stop.raised:
+                        raise KeyboardInterrupt
+                    done = [f for f in pending if f.done()]
+                    if not done:
+                        time.sleep(POLL_SECONDS)
+                        continue
+                    finished = {id(f) for f in done}
+                    pending = [f for f in pending if id(f) not in finished]
+                    for future in done:
+                        row = future.result()
+                        rows[row["name"]] = row
+                        if bar is not None:
+                            bar.update(1)
+                            failed = sum(r["status"] == "failed" for r in rows.values())
+                            bar.set_postfix(failed=failed)
             if bar is not None:
                 bar.close()
         except KeyboardInterrupt:
@@ -324,6 +341,27 @@ def run_batch(
                 for path in paths.values():
                     raster_io.remove_stale_partials(path)
     return [rows[s.name] for s in scenes]
+
+
+class _InterruptFlag:
+    """While active (in the main thread), SIGINT only sets :attr:`raised`; the batch loop
+    checks it between short waits and stops cleanly."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _bar(total: int, enabled: bool):

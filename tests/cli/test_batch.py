@@ -165,8 +165,8 @@ def test_ctrl_c_stops_the_batch_and_leaves_no_partial_output(tmp_path):
     complete (mask and statistics) or absent."""
     folder = tmp_path / "in"
     folder.mkdir()
-    for i in range(8):
-        synthetic.write_geotiff(folder / f"big{i}.tif", synthetic.sample_scene(900, 900, i))
+    for i in range(12):
+        synthetic.write_geotiff(folder / f"big{i}.tif", synthetic.sample_scene(1200, 1200, i))
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "qgis_cloudmask", "batch", "--out", str(out), "--workers", "2"]
@@ -183,7 +183,8 @@ def test_ctrl_c_stops_the_batch_and_leaves_no_partial_output(tmp_path):
         time.sleep(0.05)
     assert proc.poll() is None, "the batch ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    stdout, err = proc.communicate(timeout=120)
+    assert "masked" not in stdout, "the batch finished before the interrupt arrived"
     assert proc.returncode == 130, err
     assert "interrupted" in err
     left = sorted(p.name for p in out.iterdir())
