@@ -144,13 +144,22 @@ def from_dict(d: dict[str, Any]) -> Config:
     )
 
 
-def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML config; ``overrides`` maps ``"section.key"`` to a value."""
+def read(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML config as a dict; ``overrides`` map dotted keys to values at any depth
+    (``"train.epochs"``, or an experiment's own section such as ``"hpo.trial.train.epochs"``)."""
     d = yaml.safe_load(Path(path).read_text()) or {}
     for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".", 1)
-        d.setdefault(section, {})[key] = value
-    return from_dict(d)
+        *parents, key = dotted.split(".")
+        node = d
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[key] = value
+    return d
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; ``overrides`` maps ``"section.key"`` to a value."""
+    return from_dict(read(path, overrides))
 
 
 def save(cfg: Config, path: Path, **extra: Any) -> None:

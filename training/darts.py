@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as tnf
-import yaml
 from torch import nn
 
 from training import config as config_mod
@@ -352,13 +351,6 @@ def load_derived(checkpoint: Path, genotype: dict | None = None) -> tuple[Normal
 # -- config -----------------------------------------------------------------------------------
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    *parents, key = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[key] = value
-
-
 def _settings(values: dict | None) -> DartsSettings:
     values = dict(values or {})
     unknown = set(values) - {f.name for f in dataclasses.fields(DartsSettings)}
@@ -374,9 +366,7 @@ def _settings(values: dict | None) -> DartsSettings:
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """The experiment of a YAML config: the training schema (shared by the three runs) plus a
     ``darts`` section. ``overrides`` map dotted keys to values (``darts.epochs``)."""
-    d = yaml.safe_load(Path(path).read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(d, dotted, value)
+    d = config_mod.read(path, overrides)
     settings = _settings(d.pop("darts", None))
     runs_dir = d["train"]["runs_dir"]
     configs = {}
@@ -640,52 +630,24 @@ def finished(cfg: Config) -> bool:
 
 
 def export_derived(cfg: Config, ckpt_path: Path, out: Path, data_root: Path | None = None) -> dict:
-    """:func:`training.export.export` for the derived network (rebuilt from the run's
-    ``genotype.json``): ONNX with the contract's metadata (plus the genotype), onnx.checker,
-    onnxruntime/torch parity, size, reference quantiles, dev metrics, then the plugin's
-    contract check (:class:`CloudModel`)."""
-    import onnx
+    """:func:`training.export.export` for the derived network, rebuilt from the run's
+    ``genotype.json`` (written into the ``training`` metadata too): the same contract metadata,
+    checks, reference quantiles and dev metrics as every exported model."""
+    from training import export
 
-    from qgis_cloudmask.core.model import CloudModel
-    from training import export, reference
-
-    model, ckpt = load_derived(ckpt_path)
     genotype = json.loads((Path(ckpt_path).parent / GENOTYPE_FILE).read_text())
-    threshold = cfg.export.threshold
-    if threshold is None:
-        threshold = ckpt["config"]["train"]["threshold"]
-    threshold, tile = float(threshold), cfg.export.tile_size
-    meta = export.metadata(cfg, ckpt, threshold)
-    training = json.loads(meta["training"])
-    training["architecture"] = {
-        "search": "DARTS (first order) over the decoder blocks",
-        "genotype": {
-            k: genotype[k] for k in ("primitives", "nodes", "pre_kernel", "edges", "cells")
+    extra = {
+        "architecture": {
+            "search": "DARTS (first order) over the decoder blocks",
+            "genotype": {
+                k: genotype[k] for k in ("primitives", "nodes", "pre_kernel", "edges", "cells")
+            },
         },
+        "selection": f"validation split ({cfg.train.select_on})",
     }
-    training["selection"] = f"validation split ({cfg.train.select_on})"
-    meta["training"] = json.dumps(training)
-    export.export_onnx(model, out, tile, threshold, cfg.export.opset, meta)
-    onnx.checker.check_model(str(out), full_check=True)
-    parity = export.check_parity(model, out, tile, threshold)
-    size_mb = out.stat().st_size / 1e6
-    if size_mb >= cfg.export.max_mb:
-        raise AssertionError(f"{out} is {size_mb:.1f} MB, limit {cfg.export.max_mb} MB")
-    if data_root is not None:
-        reference.stamp(out, reference.training_reference(cfg, Path(data_root)))
-        export._add_dev_metrics(out, Path(data_root) / ckpt["config"]["data"]["dev_dir"])
-    info = CloudModel(out).info
-    return {
-        "path": str(out),
-        "checkpoint": str(ckpt_path),
-        "size_mb": round(size_mb, 2),
-        "parity_max_abs": parity,
-        "model_name": info.name,
-        "model_version": info.version,
-        "threshold": info.threshold,
-        "metrics": info.metrics,
-        "reference_quantiles": info.reference is not None,
-    }
+    return export.export(
+        cfg, Path(ckpt_path), Path(out), data_root, load=load_derived, training_extra=extra
+    )
 
 
 def export_run(name: str, cfg: Config, data_root: Path) -> dict:
@@ -910,16 +872,7 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     figure_lines = []
     for name in runs:
         f = evidence[name]["figures"]
-        figure_lines += [
-            f"### {LABELS[name]}",
-            "",
-            f"![loss]({experiment.relative(f['loss'], page)})",
-            "",
-            f"![validation images]({experiment.relative(f['validation'], page)})",
-            "",
-            f"![precision and recall]({experiment.relative(f['precision_recall'], page)})",
-            "",
-        ]
+        figure_lines += experiment.figures_markdown(LABELS[name], f, page)
     experiment.write_section(page, "darts-search", search_text)
     experiment.write_section(page, "darts-results", results)
     experiment.write_section(page, "darts-figures", "\n".join(figure_lines))

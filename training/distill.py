@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as tnf
-import yaml
 
 from training import config as config_mod
 from training.config import Config
@@ -167,13 +166,6 @@ class DistillObjective:
 # -- config -----------------------------------------------------------------------------------
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    *parents, key = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[key] = value
-
-
 def _merge(base: dict, overrides: dict) -> dict:
     out = copy.deepcopy(base)
     for section, values in (overrides or {}).items():
@@ -194,9 +186,7 @@ def _settings(values: dict | None) -> DistillSettings:
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """The experiment of a YAML config. ``overrides`` map dotted keys to values at any depth
     (``train.epochs``, ``distill.alpha``, ``distill.teacher.train.epochs``)."""
-    d = yaml.safe_load(Path(path).read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(d, dotted, value)
+    d = config_mod.read(path, overrides)
     settings = _settings(d.pop("distill", None))
     teacher = _merge(d, settings.teacher)
     student = _merge(d, settings.student)
@@ -582,16 +572,8 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     figure_lines = []
     for name in RUNS:
         f = evidence[name]["figures"]
-        figure_lines += [
-            f"### {LABELS[name]} ({describe(configs[name])})",
-            "",
-            f"![loss]({experiment.relative(f['loss'], page)})",
-            "",
-            f"![validation images]({experiment.relative(f['validation'], page)})",
-            "",
-            f"![precision and recall]({experiment.relative(f['precision_recall'], page)})",
-            "",
-        ]
+        title = f"{LABELS[name]} ({describe(configs[name])})"
+        figure_lines += experiment.figures_markdown(title, f, page)
     experiment.write_section(page, "kd-results", results)
     experiment.write_section(page, "kd-runs", "\n".join(runs_lines))
     experiment.write_section(page, "kd-figures", "\n".join(figure_lines))

@@ -171,6 +171,18 @@ def write_section(path: Path, key: str, text: str) -> None:
     evaluate.write_markdown(Path(path), text, key)
 
 
+def figures_markdown(title: str, figures: dict[str, str], page: Path) -> list[str]:
+    """Markdown lines showing the three figures of :func:`evidence` under a ``### title``."""
+    lines = [f"### {title}", ""]
+    for kind, alt in (
+        ("loss", "loss"),
+        ("validation", "validation images"),
+        ("precision_recall", "precision and recall"),
+    ):
+        lines += [f"![{alt}]({relative(figures[kind], page)})", ""]
+    return lines
+
+
 def relative(path: str | os.PathLike, page: Path) -> str:
     """A figure's path relative to the page that shows it."""
     return os.path.relpath(Path(path), Path(page).parent)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -164,8 +165,15 @@ def export(
     checkpoint: Path | None = None,
     out: Path | None = None,
     data_root: Path | None = None,
+    *,
+    load: Callable[[Path], tuple[torch.nn.Module, dict]] = load_checkpoint,
+    training_extra: dict | None = None,
 ) -> dict:
-    """Export, check and return a summary (path, size, parity, metadata)."""
+    """Export, check and return a summary (path, size, parity, metadata).
+
+    ``load`` rebuilds the network from the checkpoint (an experiment whose architecture is not
+    the config's passes its own); ``training_extra`` adds keys to the ``training`` metadata.
+    """
     if checkpoint is None:
         if cfg.export.checkpoint not in ("best", "last"):
             raise ValueError(
@@ -173,13 +181,15 @@ def export(
             )
         checkpoint = cfg.run_dir / f"{cfg.export.checkpoint}.pt"
     out = out or config_mod.resolve(cfg.export.out)
-    model, ckpt = load_checkpoint(checkpoint)
+    model, ckpt = load(checkpoint)
     threshold = cfg.export.threshold
     if threshold is None:
         threshold = ckpt["config"]["train"]["threshold"]
     threshold = float(threshold)
     tile = cfg.export.tile_size
     meta = metadata(cfg, ckpt, threshold)
+    if training_extra:
+        meta["training"] = json.dumps({**json.loads(meta["training"]), **training_extra})
     export_onnx(model, out, tile, threshold, cfg.export.opset, meta)
     onnx.checker.check_model(str(out), full_check=True)
     parity = check_parity(model, out, tile, threshold)

@@ -43,8 +43,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from training import config as config_mod
 from training.config import Config
 
@@ -93,13 +91,6 @@ class HpoConfig:
 # ----------------------------------------------------------------------------- config
 
 
-def _set_dotted(d: dict, dotted: str, value: Any) -> None:
-    *parents, key = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[key] = value
-
-
 def _merge(d: dict, overrides: dict) -> dict:
     """``d`` with ``{section: {key: value}}`` overrides applied (a copy)."""
     out = copy.deepcopy(d)
@@ -113,9 +104,7 @@ def _merge(d: dict, overrides: dict) -> dict:
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Config, HpoConfig]:
     """The training base config and the ``hpo`` section; ``overrides`` map dotted keys
     (``train.runs_dir``, ``hpo.n_trials``, ``hpo.trial.train.epochs``) to values."""
-    d = yaml.safe_load(Path(path).read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(d, dotted, value)
+    d = config_mod.read(path, overrides)
     h = dict(d.pop("hpo", None) or {})
     space = dict(h.pop("space", None) or {})
     unknown = sorted(set(h) - set(HpoConfig.__dataclass_fields__))

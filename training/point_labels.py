@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as tnf
-import yaml
 
 from training import config as config_mod
 from training.config import Config
@@ -77,10 +76,7 @@ def load(
     """The training config (same schema as default.yaml) and the experiment's section.
 
     ``overrides`` maps ``"section.key"`` to a value, ``point_labels.*`` included."""
-    d = yaml.safe_load(Path(path).read_text()) or {}
-    for dotted, value in (overrides or {}).items():
-        section, key = dotted.split(".", 1)
-        d.setdefault(section, {})[key] = value
+    d = config_mod.read(path, overrides)
     own = dict(d.pop("point_labels", None) or {})
     names = set(PointLabelsConfig.__dataclass_fields__)
     unknown = set(own) - names
