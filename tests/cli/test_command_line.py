@@ -211,16 +211,8 @@ def test_parameters_the_input_contradicts_exit_2(tmp_path, pixel_model):
 
 
 def test_an_ensemble_with_tta_from_the_command_line(s2, tmp_path, pixel_model):
-    from qgis_cloudmask.core import contract
 
-    red = synthetic.write_pixel_model(
-        tmp_path / "red.onnx",
-        k=25,
-        centre=0.15,
-        channel=contract.DEFAULT_BANDS.index("B04"),
-        threshold=0.3,
-        meta={"model_name": "test-red-sigmoid"},
-    )
+    red = synthetic.write_red_model(tmp_path / "red.onnx")
     rc, out, err = cli(
         "mask", s2, tmp_path / "m.tif", "--model", pixel_model, "--model", red,
         "--weight", "3", "--weight", "1", "--tta", "flips", "--json",

@@ -154,16 +154,8 @@ def test_qgis_process_explains_bad_input_without_traceback(
 
 def test_qgis_process_runs_an_ensemble_with_tta(tmp_path, pixel_model):
     """MODEL repeated = an ensemble; TTA by index; the settings used come back as outputs."""
-    from qgis_cloudmask.core import contract
 
-    red = synthetic.write_pixel_model(
-        tmp_path / "red.onnx",
-        k=25,
-        centre=0.15,
-        channel=contract.DEFAULT_BANDS.index("B04"),
-        threshold=0.3,
-        meta={"model_name": "test-red-sigmoid"},
-    )
+    red = synthetic.write_red_model(tmp_path / "red.onnx")
     scene = synthetic.sample_scene(200, 230, seed=8)
     src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
     rc, data, log = qgis_process.run_json(

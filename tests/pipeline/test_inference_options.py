@@ -58,14 +58,7 @@ def run(src, tmp_path, name="out", **fields):
 @pytest.fixture
 def two_models(tmp_path):
     blue = synthetic.write_pixel_model(tmp_path / "blue.onnx", k=40, centre=0.2, threshold=0.5)
-    red = synthetic.write_pixel_model(
-        tmp_path / "red.onnx",
-        k=25,
-        centre=0.15,
-        channel=contract.DEFAULT_BANDS.index("B04"),
-        threshold=0.3,
-        meta={"model_name": "test-red-sigmoid", "model_version": "0.0.2"},
-    )
+    red = synthetic.write_red_model(tmp_path / "red.onnx", model_version="0.0.2")
     return blue, red
 
 

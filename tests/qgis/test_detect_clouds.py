@@ -247,16 +247,8 @@ def test_undecidable_radiometry_is_a_warning_naming_the_parameter(run_alg, scene
 
 @pytest.fixture
 def red_model(tmp_path):
-    from qgis_cloudmask.core import contract
 
-    return synthetic.write_pixel_model(
-        tmp_path / "red.onnx",
-        k=25,
-        centre=0.15,
-        channel=contract.DEFAULT_BANDS.index("B04"),
-        threshold=0.3,
-        meta={"model_name": "test-red-sigmoid"},
-    )
+    return synthetic.write_red_model(tmp_path / "red.onnx")
 
 
 def test_several_models_form_a_weighted_ensemble(run_alg, scene, tmp_path, pixel_model, red_model):

@@ -98,6 +98,18 @@ def write_pixel_model(
     return str(path)
 
 
+#: The second model of the ensemble tests: ``sigmoid(25 * (red - 0.15))``, threshold 0.3.
+RED_MODEL = {"k": 25.0, "centre": 0.15, "channel": contract.DEFAULT_BANDS.index("B04")}
+
+
+def write_red_model(path, **meta) -> str:
+    """A per-pixel model on the red band (:data:`RED_MODEL`, threshold 0.3), named
+    ``test-red-sigmoid`` unless ``meta`` says otherwise: an ensemble partner for the blue one."""
+    return write_pixel_model(
+        path, threshold=0.3, meta={"model_name": "test-red-sigmoid", **meta}, **RED_MODEL
+    )
+
+
 def write_constant_model(path, value: float, tile: int = TILE, meta: dict | None = None) -> str:
     """Write a contract-conforming ONNX model whose 'probability' is ``value`` everywhere
     (NaN, ±inf, a logit, a negative number...): a hostile model with a known output."""
