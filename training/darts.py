@@ -37,8 +37,6 @@ import copy
 import csv
 import dataclasses
 import json
-import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -410,12 +408,6 @@ def search_step(
     return loss.item(), arch_loss
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _batches(scenes: list, cfg: Config, batch_size: int, seed: int, epoch: int):
     """Endless batches of random crops of ``scenes`` (seeded by seed and epoch)."""
     from torch.utils.data import DataLoader
@@ -425,25 +417,6 @@ def _batches(scenes: list, cfg: Config, batch_size: int, seed: int, epoch: int):
     stream = datasets.CropStream(scenes, cfg.data, seed, epoch)
     loader = DataLoader(stream, batch_size=batch_size, num_workers=cfg.data.num_workers)
     return iter(loader)
-
-
-def _scenes(cfg: Config, data_root: Path) -> tuple[list, list]:
-    """Train and validation scenes of the recorded split (teacher labels made where missing)."""
-    from training import datasets, pseudolabel
-
-    teacher_dir = config_mod.resolve(cfg.data.teacher_dir)
-    if "teacher" in cfg.data.sources and (data_root / "s2_unlabelled").is_dir():
-        pseudolabel.label_all(data_root, teacher_dir)
-    scenes = datasets.training_scenes(cfg.data, data_root, teacher_dir)
-    return datasets.load_or_make_split(
-        scenes, config_mod.resolve(cfg.data.split_dir), cfg.data.val_fraction, cfg.train.seed
-    )
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _write_search_log(run_dir: Path, history: list[dict]) -> None:
@@ -465,7 +438,7 @@ def search(exp: Experiment, data_root: Path, fresh: bool = False, progress: bool
 
     cfg, s = exp.search, exp.settings
     torch.set_num_threads(cfg.train.threads)
-    _seed_everything(cfg.train.seed)
+    train._seed_everything(cfg.train.seed)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     data_root = Path(data_root)
@@ -479,7 +452,7 @@ def search(exp: Experiment, data_root: Path, fresh: bool = False, progress: bool
         torch=str(torch.__version__),
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    train_scenes, val_scenes = _scenes(cfg, data_root)
+    train_scenes, val_scenes = train.scene_split(cfg, data_root)
     datasets.write_json(
         run_dir / "data.json",
         {
@@ -562,7 +535,7 @@ def search(exp: Experiment, data_root: Path, fresh: bool = False, progress: bool
         row["derived"] = derive(model.net.alphas, s.primitives)
         state["history"].append(row)
         state["epoch"] = epoch + 1
-        _save_atomic(
+        train._save_atomic(
             {
                 "config": cfg.to_dict(),
                 "darts": dataclasses.asdict(s),

@@ -111,6 +111,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def scene_split(cfg: Config, data_root: Path) -> tuple[list, list]:
+    """Train and validation scenes of the recorded split (with the ``teacher`` source, scenes
+    missing from the pseudo-label cache are labelled first)."""
+    teacher_dir = config_mod.resolve(cfg.data.teacher_dir)
+    if "teacher" in cfg.data.sources and (Path(data_root) / "s2_unlabelled").is_dir():
+        pseudolabel.label_all(Path(data_root), teacher_dir)  # only scenes not cached yet
+    scenes = datasets.training_scenes(cfg.data, Path(data_root), teacher_dir)
+    return datasets.load_or_make_split(
+        scenes, config_mod.resolve(cfg.data.split_dir), cfg.data.val_fraction, cfg.train.seed
+    )
+
+
 def _save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -170,13 +182,7 @@ def run(
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
 
-    teacher_dir = config_mod.resolve(cfg.data.teacher_dir)
-    if "teacher" in cfg.data.sources and (data_root / "s2_unlabelled").is_dir():
-        pseudolabel.label_all(data_root, teacher_dir)  # only scenes not cached yet
-    scenes = datasets.training_scenes(cfg.data, data_root, teacher_dir)
-    train_scenes, val_scenes = datasets.load_or_make_split(
-        scenes, config_mod.resolve(cfg.data.split_dir), cfg.data.val_fraction, cfg.train.seed
-    )
+    train_scenes, val_scenes = scene_split(cfg, data_root)
     dev_root = data_root / cfg.data.dev_dir
     dev_scenes = (
         datasets.labelled_scenes(dev_root, cfg.data.dev_select) if dev_root.is_dir() else []

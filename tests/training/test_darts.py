@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qgis_cloudmask.core.model import CloudModel
-from training import config, darts, datasets
+from training import config, darts, datasets, train
 from training.losses import make_loss
 
 pytestmark = pytest.mark.training
@@ -159,7 +159,7 @@ def test_the_search_loop_feeds_the_alpha_steps_from_the_validation_scenes_only(
     """Crops of validation scenes are tagged 1, of training scenes 0: every alpha step sees
     only 1s, every weight step only 0s."""
     exp = _tiny(data_root, tmp_path, **{"darts.epochs": 1, "darts.steps_per_epoch": 3})
-    train_scenes, val_scenes = darts._scenes(exp.search, data_root)
+    train_scenes, val_scenes = train.scene_split(exp.search, data_root)
     val_names = {s.name for s in val_scenes}
     assert val_names and not val_names & {s.name for s in train_scenes}
     streams = []
