@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from qgis_cloudmask import batch, pipeline
+from tests.cli import test_command_line as command_line
 from tests.support import s2product, synthetic
 
 pytestmark = pytest.mark.cli
@@ -21,14 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, timeout=300):
-    proc = subprocess.run(
-        [sys.executable, "-m", "qgis_cloudmask", "batch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=timeout,
-    )
-    return proc.returncode, proc.stdout, proc.stderr
+    """``python -m qgis_cloudmask batch ARGS`` -> (exit code, stdout, stderr)."""
+    return command_line.cli("batch", *args, timeout=timeout)
 
 
 @pytest.fixture
