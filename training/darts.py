@@ -759,7 +759,6 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     """Export both models, measure them, write the generated sections of the page and
     ``<runs_dir>/report.json``."""
     from training import experiment
-    from training.distill import bench_inputs, core_throughput
     from training.evaluate import machine
 
     data_root = Path(data_root)
@@ -786,7 +785,9 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
         exported[name] = export_run(name, cfg, data_root)
     onnx = {n: Path(e["path"]) for n, e in exported.items()}
     progress("core throughput (CloudModel + classify_array, interleaved)")
-    speed = core_throughput(onnx, bench_inputs(exp.baseline, data_root), 3, None, progress)
+    speed = experiment.core_throughput(
+        onnx, experiment.bench_inputs(exp.baseline, data_root), 3, None, progress
+    )
     rows, evidence = {}, {}
     for name, cfg in runs.items():
         progress(f"evidence {name} (figures, dev chips, Landsat, clear scenes, end to end)")

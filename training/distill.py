@@ -38,7 +38,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -303,64 +302,6 @@ def parameters(cfg: Config) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def core_throughput(
-    models: dict[str, Path],
-    inputs: list[np.ndarray],
-    repeats: int = 3,
-    threads: int | None = None,
-    progress=print,
-) -> dict[str, dict]:
-    """Megapixels per second of each model through the plugin's core on the same reflectance.
-
-    Every model is loaded once (:class:`CloudModel`, onnxruntime on the CPU here), then every
-    input goes through :func:`inference.classify_array` with each model's own tile, overlap and
-    threshold, the models interleaved input by input (their order rotated each repeat), so that
-    what else the machine runs weighs on all of them alike. ``inputs``: model-order reflectance
-    ``4 x H x W``.
-    """
-    from qgis_cloudmask.core import inference
-    from qgis_cloudmask.core.model import CloudModel
-
-    loaded = {name: CloudModel(path, threads=threads) for name, path in models.items()}
-    seconds = dict.fromkeys(loaded, 0.0)
-    pixels = sum(int(r.shape[1] * r.shape[2]) for r in inputs)
-    names = list(loaded)
-    for model in loaded.values():  # warm-up: first-call allocations are not the model's speed
-        inference.classify_array(model.predict, inputs[0], model.info.tile_size, 0, 0.5)
-    for rep in range(repeats):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for refl in inputs:
-            for name in order:
-                m = loaded[name]
-                t0 = time.perf_counter()
-                inference.classify_array(
-                    m.predict, refl, m.info.tile_size, m.info.recommended_overlap, m.info.threshold
-                )
-                seconds[name] += time.perf_counter() - t0
-        progress(
-            f"core throughput, pass {rep + 1}/{repeats}: "
-            + ", ".join(f"{n} {pixels * (rep + 1) / 1e6 / seconds[n]:.2f} MP/s" for n in names)
-        )
-    mp = pixels * repeats / 1e6
-    return {
-        name: {
-            "mp_per_s": mp / seconds[name],
-            "seconds": seconds[name],
-            "megapixels": mp,
-            "provider": loaded[name].execution_provider,
-        }
-        for name in names
-    }
-
-
-def bench_inputs(cfg: Config, data_root: Path) -> list[np.ndarray]:
-    """Reflectance of every labelled chip of ``dev_dir`` (the chips ``make evaluate`` scores)."""
-    from training.datasets import labelled_scenes
-
-    scenes = labelled_scenes(Path(data_root) / cfg.data.dev_dir)
-    return [s.read(0, 0, s.height, s.width)[0] for s in scenes]
-
-
 def describe(cfg: Config) -> str:
     """The network in words, e.g. for the report's tables."""
     m = cfg.model
@@ -508,8 +449,10 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     if reference is not None and reference.is_file():
         bench_models[REFERENCE] = reference
     progress("core throughput (CloudModel + classify_array, interleaved)")
-    inputs = bench_inputs(exp.teacher, data_root)
-    speed = core_throughput(bench_models, inputs, s.bench_repeats, s.bench_threads, progress)
+    inputs = experiment.bench_inputs(exp.teacher, data_root)
+    speed = experiment.core_throughput(
+        bench_models, inputs, s.bench_repeats, s.bench_threads, progress
+    )
     rows: dict[str, dict] = {}
     evidence: dict[str, dict] = {}
     for name, cfg in configs.items():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qgis_cloudmask.core.model import CloudModel
-from training import config, distill, losses, train
+from training import config, distill, experiment, losses, train
 
 pytestmark = pytest.mark.training
 
@@ -282,7 +282,7 @@ def test_report_page_has_the_table_the_runs_and_three_figures_per_model(tiny, re
 def test_core_throughput_interleaves_models_on_the_same_reflectance(report):
     paths = {n: report["exported"][n]["path"] for n in ("teacher", "student")}
     refl = [np.random.default_rng(0).random((4, 240, 250)).astype(np.float32) * 0.5]
-    speed = distill.core_throughput(paths, refl, repeats=2, threads=1, progress=lambda t: None)
+    speed = experiment.core_throughput(paths, refl, repeats=2, threads=1, progress=lambda t: None)
     assert set(speed) == {"teacher", "student"}
     for s in speed.values():
         assert s["mp_per_s"] > 0 and s["megapixels"] == pytest.approx(2 * 240 * 250 / 1e6)
