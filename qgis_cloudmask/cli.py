@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from qgis_cloudmask.core import bands as band_choice
 from qgis_cloudmask.core import radiometry, tta
+from qgis_cloudmask.core.model import DEVICES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RADIOMETRY_BY_NAME = {name: mode for mode, name in radiometry.OPTION_NAMES.items()}
@@ -156,6 +157,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (4)"
     )
     p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime threads")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto (default): a GPU when this onnxruntime has one (onnxruntime-gpu: CUDA; "
+        "DirectML; CoreML), else CPU; cpu: CPU only. The log and the JSON name the provider",
+    )
     p.add_argument(
         "--min-cloud-size",
         type=_non_negative,
@@ -322,6 +330,7 @@ def _run_options(args: argparse.Namespace) -> dict:
         threshold=args.threshold,
         batch_size=args.batch_size,
         threads=args.threads,
+        device=args.device,
         min_cloud_size=args.min_cloud_size,
         buffer=args.buffer,
     )

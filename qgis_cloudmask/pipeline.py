@@ -27,7 +27,7 @@ from qgis_cloudmask import postprocess, raster_io, sources, styles
 from qgis_cloudmask.core import bands as band_choice
 from qgis_cloudmask.core import histogram, inference, radiometry, tiling, tta
 from qgis_cloudmask.core.ensemble import Ensemble
-from qgis_cloudmask.core.model import CloudModel, ModelError, ModelInfo, read_info
+from qgis_cloudmask.core.model import DEVICES, CloudModel, ModelError, ModelInfo, read_info
 from qgis_cloudmask.core.stats import CloudStats
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -95,6 +95,8 @@ class MaskRequest:
     threshold: float | None = None
     batch_size: int | None = None
     threads: int | None = None  # onnxruntime intra-op threads (None: onnxruntime decides)
+    #: "auto": a GPU (CUDA, DirectML, CoreML) when this onnxruntime has one, else CPU; "cpu"
+    device: str = "auto"
     #: cloud patches smaller than this many pixels (8-connected) become clear; None or 0: off
     min_cloud_size: int | None = None
     #: clear pixels within this many metres of a cloud become "cloud buffer"; None or 0: off
@@ -150,6 +152,7 @@ class Resolved:
     histogram_matching: Setting = Setting(False, "off")
     #: per model of the ensemble: its histogram matching (None: off)
     matches: list[histogram.HistogramMatch | None] = field(default_factory=list)
+    device: Setting = Setting("auto", "default")
 
     def predictor(self) -> inference.Predict:
         """What the tiled inference calls on a batch: matching, ensemble, augmentation."""
@@ -188,6 +191,10 @@ class Resolved:
                 "reason": self.tta.reason,
             },
             "histogram_matching": self.histogram_matching.to_dict(),
+            "execution_provider": {
+                "value": self.model.execution_provider,
+                "reason": f"device {self.device.value}: {self.device.reason}",
+            },
             "overlap": self.overlap.to_dict(),
             "threshold": self.threshold.to_dict(),
             "batch_size": self.batch_size.to_dict(),
@@ -312,9 +319,14 @@ def load_model(
     model: str | list[str] | tuple[str, ...] | None,
     threads: int | None = None,
     weights: list[float] | tuple[float, ...] | None = None,
+    device: str = "auto",
 ) -> Ensemble:
     """The model (or the ensemble of models) a run uses: ``model`` is a path, a list of paths,
     or ``None`` for the bundled model."""
+    if device not in DEVICES:
+        raise ParameterError(
+            f"Unknown device {device!r} (--device): use one of {', '.join(DEVICES)}."
+        )
     paths = _model_paths(model)
     if weights and len(weights) != len(paths):
         raise ParameterError(
@@ -322,7 +334,7 @@ def load_model(
             "--model): give one weight per model, or none for equal weights."
         )
     try:
-        return Ensemble([CloudModel(p, threads=threads) for p in paths], weights)
+        return Ensemble([CloudModel(p, threads=threads, device=device) for p in paths], weights)
     except ModelError as exc:
         raise PipelineError(str(exc)) from exc
 
@@ -338,7 +350,7 @@ def resolve(request: MaskRequest) -> Resolved:
     except raster_io.RasterError as exc:
         raise PipelineError(str(exc)) from exc
     info = source.info
-    model = load_model(request.model, request.threads, request.weights)
+    model = load_model(request.model, request.threads, request.weights, request.device)
     mi = model.info
     try:
         augmentation = tta.parse(request.tta)
@@ -411,6 +423,27 @@ def resolve(request: MaskRequest) -> Resolved:
         augmentation_setting,
         matching,
         matches,
+        _device_setting(request.device, model, warnings),
+    )
+
+
+def _device_setting(device: str, model: Ensemble, warnings: list[str]) -> Setting:
+    """Why the model runs where it runs; a warning when a GPU was offered but did not start."""
+    for member in model.members:
+        wanted, actual = member.requested_providers[0], member.execution_provider
+        if actual != wanted:
+            warnings.append(
+                f"onnxruntime offers {wanted} but could not start it (drivers or libraries "
+                f"missing?): the model runs on {actual}. Set FORCE_CPU (--device cpu) to "
+                "silence this."
+            )
+    if device == "cpu":
+        return Setting(device, "CPU only, as asked (FORCE_CPU / --device cpu)")
+    offered = [p for p in model.members[0].requested_providers if p != "CPUExecutionProvider"]
+    if offered:
+        return Setting(device, f"the first that starts of {', '.join(offered)} and CPU")
+    return Setting(
+        device, "this onnxruntime has no GPU provider (onnxruntime-gpu, DirectML or CoreML), so CPU"
     )
 
 
@@ -546,6 +579,7 @@ def _log_settings(resolved: Resolved, reporter: Reporter, plan: inference.Tiling
             f"Model {member.info.name} {member.info.version} "
             f"({os.path.basename(member.path)}{share}) on {member.execution_provider}."
         )
+    reporter.info(f"Device {resolved.device.value}: {resolved.device.reason}.")
     if resolved.tta.value != tta.TTA.NONE:
         reporter.info(f"Test-time augmentation: {tta.LABELS[resolved.tta.value]}.")
     if resolved.histogram_matching.value:

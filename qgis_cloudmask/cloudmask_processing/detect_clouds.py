@@ -72,6 +72,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
     WEIGHTS = "WEIGHTS"
     TTA = "TTA"
     HISTOGRAM_MATCHING = "HISTOGRAM_MATCHING"
+    FORCE_CPU = "FORCE_CPU"
     OVERLAP = "OVERLAP"
     THRESHOLD = "THRESHOLD"
     BATCH_SIZE = "BATCH_SIZE"
@@ -92,6 +93,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
     BANDS_USED = "BANDS_USED"
     RADIOMETRY_USED = "RADIOMETRY_USED"
     TTA_USED = "TTA_USED"
+    EXECUTION_PROVIDER = "EXECUTION_PROVIDER"
     CLEAR_PIXELS = "CLEAR_PIXELS"
     NODATA_PIXELS = "NODATA_PIXELS"
     CLOUD_AREA = "CLOUD_AREA"
@@ -152,7 +154,9 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             "quantiles onto the model's training data first; several ONNX models (MODEL) form "
             "an ensemble whose probabilities are averaged (WEIGHTS: one per model), with the "
             "mean of their thresholds unless THRESHOLD is set. All are off by default: see "
-            "docs/inference-options.md for what each costs and changes."
+            "docs/inference-options.md for what each costs and changes. The model runs on a "
+            "GPU when onnxruntime has one (onnxruntime-gpu, DirectML, CoreML), unless FORCE_CPU "
+            "is set; EXECUTION_PROVIDER says which ran."
         )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -252,6 +256,11 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
                 self.tr("Ensemble weights, one per model (e.g. 2, 1; empty: equal)"),
                 optional=True,
             ),
+            QgsProcessingParameterBoolean(
+                self.FORCE_CPU,
+                self.tr("Run on the CPU even when onnxruntime has a GPU"),
+                defaultValue=False,
+            ),
         ]
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -309,6 +318,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             (QgsProcessingOutputString, self.BANDS_USED, "Bands used"),
             (QgsProcessingOutputString, self.RADIOMETRY_USED, "Radiometry used"),
             (QgsProcessingOutputString, self.TTA_USED, "Test-time augmentation used"),
+            (QgsProcessingOutputString, self.EXECUTION_PROVIDER, "onnxruntime execution provider"),
         )
         for cls, key, label in outputs:
             self.addOutput(cls(key, self.tr(label)))
@@ -604,6 +614,9 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             histogram_matching=self.parameterAsBoolean(
                 parameters, self.HISTOGRAM_MATCHING, context
             ),
+            device="cpu"
+            if self.parameterAsBoolean(parameters, self.FORCE_CPU, context)
+            else "auto",
             overlap=self._model_default(parameters, self.OVERLAP, context),
             threshold=self._model_default(parameters, self.THRESHOLD, context),
             batch_size=self._value(parameters, self.BATCH_SIZE, context),
@@ -642,6 +655,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             self.BANDS_USED: ", ".join(f"{k}={v}" for k, v in settings["bands"]["value"].items()),
             self.RADIOMETRY_USED: settings["radiometry"]["value"],
             self.TTA_USED: settings["tta"]["value"],
+            self.EXECUTION_PROVIDER: settings["execution_provider"]["value"],
         }
 
     def _style_loaded_layers(self, request: pipeline.MaskRequest, context) -> None:

@@ -11,13 +11,22 @@ block (a few percent more tiles, see :func:`column_blocks`).
 Within a strip, tiles are run in batches; their probabilities are accumulated with smooth
 weights (:func:`tiling.tile_weights`, zero on nodata pixels) and a row of the block is
 thresholded once, when no later tile can touch it any more.
+
+Reading (and converting) the next strip and writing the finished rows run in one thread each
+beside the model (``io_thread``): GDAL, onnxruntime and NumPy's large operations release the
+GIL, so on a machine whose cores the model does not keep busy all the time the I/O is hidden
+behind inference. The results are identical either way (same reads, same order of writes).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,16 +37,20 @@ from qgis_cloudmask.core.stats import CLEAR, CLOUD, NODATA, CloudStats
 #: Value of nodata pixels in the probability output.
 PROBABILITY_NODATA = -1.0
 
-#: Most output columns (px) processed at once. The blend holds about 14 kB per column of the
-#: block's window (4 channels, 224 px tiles: float32 reflectance and float64 accumulators of
-#: one strip, plus the rows being read), about 90 MB here, whatever the raster's size; each
-#: block border costs one or two tile columns predicted twice (3 % more tiles on a wide raster
-#: with 224 px tiles, overlap 32). Read at call time, so tests can shrink it.
+#: Most output columns (px) processed at once. The blend holds about 16 kB per column of the
+#: block's window (4 channels, 224 px tiles: float32 reflectance of two strips, the one being
+#: blended and the one being read, float32 accumulators, plus the rows being read and
+#: converted), about 105 MB here, whatever the raster's size; each block border costs one or
+#: two tile columns predicted twice (3 % more tiles on a wide raster with 224 px tiles,
+#: overlap 32). Read at call time, so tests can shrink it.
 BLOCK_WIDTH = 6144
 #: Block borders fall on multiples of this (px) when blocks are at least that wide: the GeoTIFF
 #: outputs are written in 256 px tiles, and a compressed tile written by two blocks would be
 #: written twice (and stored twice in the file).
 BLOCK_ALIGN = 256
+#: Read ahead and write behind in threads (see the module's docstring); read at call time, so
+#: ``make bench`` can compare both in one run.
+IO_THREAD = True
 
 #: ``read_window(y0, y1, x0, x1) -> (reflectance C x h x w float32, valid h x w bool)``
 ReadWindow = Callable[[int, int, int, int], tuple[np.ndarray, np.ndarray]]
@@ -131,45 +144,135 @@ def reflectance_reader(
     return read_window
 
 
-class _StripBuffer:
-    """The rows of the current strip of a column block, in one buffer for all blocks.
+_END = object()
 
-    Rows a new strip shares with the previous one are moved up in place and only the others
-    are read, so no row is read twice and nothing strip-sized is allocated per strip or per
-    block. The arrays returned are views of the buffer: valid until the next call.
+
+class _Strips:
+    """Every strip of every column block, in the order :func:`classify_raster` blends them:
+    ``(reflectance C x h x w, valid h x w)`` views of one of two buffers.
+
+    A strip is filled while the one before it is still in use (in a thread with ``thread``);
+    the rows it shares with that one are copied from its buffer and only the others are read,
+    so no row is read twice and nothing strip-sized is allocated per strip or per block. A
+    view stays valid until the strip after the next is asked for. :meth:`close` stops the
+    thread (it finishes the read it is in).
     """
 
-    def __init__(self, read_window: ReadWindow, rows: int, width: int) -> None:
-        self._read = read_window
-        self._rows, self._width = rows, width
-        self._x0 = self._x1 = self._y0 = self._y1 = 0
-        self._refl: np.ndarray | None = None
-        self._valid = np.empty((rows, width), bool)
+    def __init__(
+        self,
+        read_window: ReadWindow,
+        blocks: list[ColumnBlock],
+        ys: list[int],
+        tile: int,
+        height: int,
+        width: int,
+        thread: bool,
+    ) -> None:
+        self._read, self._blocks, self._ys = read_window, blocks, ys
+        self._tile, self._height = tile, height
+        self._refl: np.ndarray | None = None  # 2 x C x tile x width, once C is known
+        self._valid = np.empty((2, tile, width), bool)
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._it = self._threaded() if thread else self._fill(lambda: True)
 
-    def start(self, x0: int, x1: int) -> None:
-        """Serve columns ``x0:x1`` (at most ``width``) from now on."""
-        self._x0, self._x1 = x0, x1
-        self._y0 = self._y1 = 0
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        return next(self._it)
 
-    def rows(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
-        w = self._x1 - self._x0
-        if self._y0 <= y0 < self._y1 <= y1:
-            kept = self._y1 - y0
-            old = slice(y0 - self._y0, self._y1 - self._y0)
-            self._refl[:, :kept, :w] = self._refl[:, old, :w]
-            self._valid[:kept, :w] = self._valid[old, :w]
-            first = self._y1
-        else:
-            kept, first = 0, y0
-        if y1 > first:
-            refl, valid = self._read(first, y1, self._x0, self._x1)
-            if self._refl is None:
-                self._refl = np.empty((len(refl), self._rows, self._width), np.float32)
-            self._refl[:, kept : kept + y1 - first, :w] = refl
-            self._valid[kept : kept + y1 - first, :w] = valid
-            del refl, valid
-        self._y0, self._y1 = y0, y1
-        return self._refl[:, : y1 - y0, :w], self._valid[: y1 - y0, :w]
+    def _fill(self, acquire: Callable[[], bool]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        t, k = self._tile, 0
+        for block in self._blocks:
+            x0, x1 = block.read_x0, block.read_x1
+            w = x1 - x0
+            prev: tuple[int, int] | None = None  # rows of the previous strip of this block
+            for y in self._ys:
+                y1 = min(y + t, self._height)
+                if not acquire():
+                    return
+                cur, old = k % 2, (k + 1) % 2
+                if prev is not None and prev[0] <= y < prev[1] <= y1:
+                    kept, first = prev[1] - y, prev[1]
+                    rows = slice(y - prev[0], prev[1] - prev[0])
+                    self._refl[cur, :, :kept, :w] = self._refl[old, :, rows, :w]
+                    self._valid[cur, :kept, :w] = self._valid[old, rows, :w]
+                else:
+                    kept, first = 0, y
+                if y1 > first:
+                    refl, valid = self._read(first, y1, x0, x1)
+                    if self._refl is None:
+                        self._refl = np.empty((2, len(refl), t, self._valid.shape[2]), np.float32)
+                    self._refl[cur, :, kept : kept + y1 - first, :w] = refl
+                    self._valid[cur, kept : kept + y1 - first, :w] = valid
+                    del refl, valid
+                prev, k = (y, y1), k + 1
+                yield self._refl[cur, :, : y1 - y, :w], self._valid[cur, : y1 - y, :w]
+
+    def _threaded(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        ready: queue.Queue = queue.Queue()
+        free = threading.Semaphore(2)  # buffers not in use by the caller
+
+        def acquire() -> bool:
+            while not free.acquire(timeout=0.05):
+                if self._stop.is_set():
+                    return False
+            return not self._stop.is_set()
+
+        def produce() -> None:
+            try:
+                for item in self._fill(acquire):
+                    ready.put(item)
+                ready.put(_END)
+            except BaseException as exc:  # handed to the caller's thread
+                ready.put(exc)
+
+        self._worker = threading.Thread(target=produce, name="cloudmask-read", daemon=True)
+        self._worker.start()
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            free.release()  # asked for the next strip: done with this one
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+
+
+class _Writer:
+    """Calls ``write_window`` in order; with ``thread`` in a thread, at most ``depth`` writes
+    pending (each holds its rows). :meth:`finish` waits for all and raises the first error."""
+
+    def __init__(self, write_window: WriteWindow, thread: bool, depth: int = 2) -> None:
+        self._write, self._depth = write_window, depth
+        self._pool = ThreadPoolExecutor(1, "cloudmask-write") if thread else None
+        self._pending: deque[Future] = deque()
+
+    def __call__(self, y0: int, x0: int, probability: np.ndarray, mask: np.ndarray) -> None:
+        if self._pool is None:
+            self._write(y0, x0, probability, mask)
+            return
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write, y0, x0, probability, mask))
+
+    def finish(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Wait for the writes under way (their errors are dropped: use :meth:`finish`)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending.clear()
 
 
 def _check_cancel(is_canceled: Callable[[], bool] | None) -> None:
@@ -187,6 +290,7 @@ def classify_raster(
     progress: Callable[[float], None] | None = None,
     is_canceled: Callable[[], bool] | None = None,
     block_width: int | None = None,
+    io_thread: bool | None = None,
 ) -> CloudStats:
     """Run ``predict`` over the whole raster and stream the results to ``write_window``.
 
@@ -195,71 +299,81 @@ def classify_raster(
     each top to bottom; every pixel is written exactly once. Tiles without a valid pixel are
     skipped. ``progress`` gets a fraction rising from 0 to 1 (tiles done, predicted or
     skipped); ``is_canceled`` is asked before every batch and for every strip of a block, also
-    when all its tiles are skipped (-> :class:`Cancelled`). Returns the statistics of the
-    written mask.
+    when all its tiles are skipped (-> :class:`Cancelled`). With ``io_thread`` (default
+    :data:`IO_THREAD`),
+    ``read_window`` is called in one thread and ``write_window`` in another (each in order,
+    one call at a time); every write has returned when this returns or raises. Returns the
+    statistics of the written mask.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     t, height = plan.tile, plan.height
     ys = plan.row_starts
     blocks = column_blocks(plan, block_width)
-    weights = tiling.tile_weights(t, plan.overlap)
+    weights = tiling.tile_weights(t, plan.overlap).astype(np.float32)
     stats = CloudStats()
     done, total = 0, len(ys) * sum(len(b.col_starts) for b in blocks)
 
     # allocated once for the widest block (a second set while the first is still referenced
-    # would double the peak); float64: many tiles may overlap (float32 strays by up to 4e-6)
+    # would double the peak); float32: each tile over a pixel adds about one rounding (6e-8),
+    # 4 tiles at the usual overlap (< tile / 2), 256 at the extreme of stride 1
     widest = max(max(b.read_x1 - b.read_x0 for b in blocks), t)
-    acc_p_all = np.zeros((t, widest), dtype=np.float64)
-    acc_w_all = np.zeros((t, widest), dtype=np.float64)
-    strip = _StripBuffer(read_window, t, widest)
+    acc_p_all = np.zeros((t, widest), dtype=np.float32)
+    acc_w_all = np.zeros((t, widest), dtype=np.float32)
+    io_thread = IO_THREAD if io_thread is None else io_thread
+    strips = _Strips(read_window, blocks, ys, t, height, widest, io_thread)
+    writer = _Writer(write_window, io_thread)
+    try:
+        for block in blocks:
+            # window coordinates: column 0 is the raster's column block.read_x0
+            padded_w = max(block.read_x1 - block.read_x0, t)  # < t only for a raster narrower
+            out0, out1 = block.x0 - block.read_x0, block.x1 - block.read_x0
+            xs = [x - block.read_x0 for x in block.col_starts]
+            acc_p, acc_w = acc_p_all[:, :padded_w], acc_w_all[:, :padded_w]
+            acc_p[:] = 0.0
+            acc_w[:] = 0.0
 
-    for block in blocks:
-        # window coordinates: column 0 is the raster's column block.read_x0
-        padded_w = max(block.read_x1 - block.read_x0, t)  # < t only for a raster narrower
-        out0, out1 = block.x0 - block.read_x0, block.x1 - block.read_x0
-        xs = [x - block.read_x0 for x in block.col_starts]
-        acc_p, acc_w = acc_p_all[:, :padded_w], acc_w_all[:, :padded_w]
-        acc_p[:] = 0.0
-        acc_w[:] = 0.0
-        strip.start(block.read_x0, block.read_x1)
-
-        for i, y in enumerate(ys):
-            refl, valid = strip.rows(y, min(y + t, height))
-            refl_p = tiling.pad_to(refl, t, padded_w)
-            valid_p = tiling.pad_to(valid, t, padded_w)
-            todo = [x for x in xs if valid_p[:, x : x + t].any()]
-            if not todo:  # a strip of nodata is quick, but the caller may still want to stop
-                _check_cancel(is_canceled)
-            done += len(xs) - len(todo)
-            for b in range(0, len(todo), batch_size):
-                _check_cancel(is_canceled)
-                batch_x = todo[b : b + batch_size]
-                prob = predict(np.stack([refl_p[:, :, x : x + t] for x in batch_x]))
-                for x, p in zip(batch_x, prob):
-                    w = weights * valid_p[:, x : x + t]
-                    acc_p[:, x : x + t] += w * p
-                    acc_w[:, x : x + t] += w
-                done += len(batch_x)
-                if progress is not None:
+            for i, y in enumerate(ys):
+                refl, valid = next(strips)
+                refl_p = tiling.pad_to(refl, t, padded_w)
+                valid_p = tiling.pad_to(valid, t, padded_w)
+                todo = [x for x in xs if valid_p[:, x : x + t].any()]
+                if not todo:  # a strip of nodata is quick, but the caller may still want to stop
+                    _check_cancel(is_canceled)
+                done += len(xs) - len(todo)
+                for b in range(0, len(todo), batch_size):
+                    _check_cancel(is_canceled)
+                    batch_x = todo[b : b + batch_size]
+                    prob = predict(np.stack([refl_p[:, :, x : x + t] for x in batch_x]))
+                    for x, p in zip(batch_x, prob):
+                        v = valid_p[:, x : x + t]
+                        w = weights if v.all() else weights * v
+                        acc_p[:, x : x + t] += w * p
+                        acc_w[:, x : x + t] += w
+                    done += len(batch_x)
+                    if progress is not None:
+                        progress(done / total)
+                if not todo and progress is not None:
                     progress(done / total)
-            if not todo and progress is not None:
-                progress(done / total)
 
-            n = (ys[i + 1] if i + 1 < len(ys) else height) - y
-            ok = valid[:n, out0:out1]
-            prob_rows = np.full(ok.shape, PROBABILITY_NODATA, dtype=np.float32)
-            np.divide(acc_p[:n, out0:out1], acc_w[:n, out0:out1], out=prob_rows, where=ok)
-            mask_rows = np.where(prob_rows >= threshold, np.uint8(CLOUD), np.uint8(CLEAR))
-            mask_rows[~ok] = NODATA
-            write_window(y, block.x0, prob_rows, mask_rows)
-            stats.add(mask_rows)
+                n = (ys[i + 1] if i + 1 < len(ys) else height) - y
+                ok = valid[:n, out0:out1]
+                prob_rows = np.full(ok.shape, PROBABILITY_NODATA, dtype=np.float32)
+                np.divide(acc_p[:n, out0:out1], acc_w[:n, out0:out1], out=prob_rows, where=ok)
+                mask_rows = np.where(prob_rows >= threshold, np.uint8(CLOUD), np.uint8(CLEAR))
+                mask_rows[~ok] = NODATA
+                writer(y, block.x0, prob_rows, mask_rows)
+                stats.add(mask_rows)
 
-            # move the rows later strips still add to up to row 0 (in place, no new array)
-            acc_p[: t - n] = acc_p[n:]
-            acc_w[: t - n] = acc_w[n:]
-            acc_p[t - n :] = 0.0
-            acc_w[t - n :] = 0.0
+                # move the rows later strips still add to up to row 0 (in place, no new array)
+                acc_p[: t - n] = acc_p[n:]
+                acc_w[: t - n] = acc_w[n:]
+                acc_p[t - n :] = 0.0
+                acc_w[t - n :] = 0.0
+        writer.finish()
+    finally:
+        strips.close()
+        writer.close()
     if progress is not None:
         progress(1.0)
     return stats

@@ -75,7 +75,17 @@ PREFERRED_PROVIDERS = (
 )
 
 
-def _providers(ort) -> list[str]:
+#: ``device`` values: "auto" = the first of :data:`PREFERRED_PROVIDERS` this onnxruntime
+#: offers (a GPU build: onnxruntime-gpu, -directml, CoreML on macOS), "cpu" = CPU only.
+DEVICES = ("auto", "cpu")
+
+
+def providers(ort, device: str = "auto") -> list[str]:
+    """Execution providers to ask onnxruntime for, in order (it falls back along the list)."""
+    if device not in DEVICES:
+        raise ModelError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
     available = set(ort.get_available_providers())
     return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
 
@@ -242,7 +252,9 @@ class CloudModel:
     returns cloud probabilities ``N x T x T`` in 0..1.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, threads: int | None = None, device: str = "auto"
+    ) -> None:
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise ModelError(f"The model file '{self.path}' does not exist.")
@@ -251,10 +263,11 @@ class CloudModel:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        wanted = providers(ort, device)
+        #: the providers asked for, in order (``execution_provider`` is the one that runs)
+        self.requested_providers = wanted
         try:
-            self.session = ort.InferenceSession(
-                self.path, sess_options=options, providers=_providers(ort)
-            )
+            self.session = ort.InferenceSession(self.path, sess_options=options, providers=wanted)
         except Exception as exc:  # onnxruntime raises several private exception types
             raise ModelError(
                 f"'{self.path}' is not a usable ONNX model ({type(exc).__name__}: "

@@ -58,6 +58,7 @@ def test_help_lists_the_subcommand_and_every_option():
         "--weight",
         "--tta",
         "--histogram-matching",
+        "--device",
     ):
         assert option in out, option
     words = re.sub(r"-\n\s*", "-", out)  # argparse may wrap "dn-offset" after its hyphen
@@ -92,6 +93,17 @@ def test_json_output_carries_statistics_settings_and_warnings(s2, tmp_path, pixe
     assert data["settings"]["bands"]["value"] == {"B04": 3, "B03": 2, "B02": 1, "B08": 4}
     assert data["warnings"] == []
     assert err == ""  # --quiet
+    assert data["model"]["execution_provider"] == "CPUExecutionProvider"
+    rc, out, err = cli(
+        "mask", s2, tmp_path / "m2.tif", "--model", pixel_model, "--device", "cpu", "--json"
+    )
+    assert rc == 0, err
+    provider = json.loads(out)["settings"]["execution_provider"]
+    assert provider == {
+        "value": "CPUExecutionProvider",
+        "reason": "device cpu: CPU only, as asked (FORCE_CPU / --device cpu)",
+    }
+    assert "Device cpu: CPU only" in err  # the log names it too
 
 
 def test_options_mirror_the_algorithm_parameters(s2, tmp_path, pixel_model):
@@ -194,6 +206,7 @@ def test_failure_exits_1_with_the_message_and_no_file(tmp_path, pixel_model):
         ("--weight", "0"),
         ("--weight", "2", "--weight", "1"),  # two weights, one model
         ("--histogram-matching",),  # the test model has no reference quantiles
+        ("--device", "gpu"),  # auto or cpu
     ],
 )
 def test_bad_usage_exits_2(s2, tmp_path, pixel_model, args):

@@ -227,3 +227,23 @@ def test_an_unsupported_band_that_is_not_chosen_does_not_matter(tmp_path, pixel_
         pipeline.run(
             pipeline.MaskRequest(vrt, str(tmp_path / "m2.tif"), model=pixel_model, bands={"nir": 5})
         )
+
+
+def test_outputs_are_tiled_and_compressed_with_what_every_gis_reads(tmp_path, pixel_model):
+    """The mask in LZW, the probability and the masked image in DEFLATE (level 1): the
+    codecs ``make bench`` chose; both are baseline TIFF compressions GDAL, QGIS and ArcGIS read."""
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", synthetic.sample_scene(300, 280, 2))
+    pipeline.run(
+        pipeline.MaskRequest(
+            src,
+            str(tmp_path / "m.tif"),
+            probability=str(tmp_path / "p.tif"),
+            masked=str(tmp_path / "masked.tif"),
+            model=str(pixel_model),
+        )
+    )
+    for name, codec in (("m.tif", "LZW"), ("p.tif", "DEFLATE"), ("masked.tif", "DEFLATE")):
+        ds = gdal.Open(str(tmp_path / name))
+        assert ds.GetMetadata("IMAGE_STRUCTURE")["COMPRESSION"] == codec, name
+        assert ds.GetRasterBand(1).GetBlockSize() == [256, 256], name  # tiled
+        ds = None

@@ -305,3 +305,22 @@ def test_bad_option_values_name_the_parameter(
         )
     assert words in str(info.value)
     assert not (tmp_path / "mask.tif").exists()
+
+
+@pytest.mark.parametrize("force_cpu", [False, True])
+def test_the_execution_provider_is_named_and_cpu_can_be_forced(run_alg, scene, tmp_path, force_cpu):
+    stats = tmp_path / "stats.json"
+    res, mask, prob = run_and_read(
+        run_alg,
+        synthetic.write_geotiff(tmp_path / "s2.tif", scene),
+        tmp_path,
+        FORCE_CPU=force_cpu,
+        OUTPUT_STATS=str(stats),
+    )
+    # this machine's onnxruntime has no GPU provider: CPU either way, with the reason
+    assert res["EXECUTION_PROVIDER"] == "CPUExecutionProvider"
+    setting = json.loads(stats.read_text())["settings"]["execution_provider"]
+    assert setting["value"] == "CPUExecutionProvider"
+    expected = "device cpu: CPU only" if force_cpu else "device auto: this onnxruntime has no GPU"
+    assert setting["reason"].startswith(expected)
+    assert_matches(mask, prob, scene[0])

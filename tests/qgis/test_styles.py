@@ -156,7 +156,15 @@ def test_everyday_parameters_first_technical_ones_advanced(cloudmask_provider):
     advanced = {
         p.name() for p in params if p.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     }
-    assert advanced == {"OVERLAP", "BATCH_SIZE", "TTA", "HISTOGRAM_MATCHING", "MODEL", "WEIGHTS"}
+    assert advanced == {
+        "OVERLAP",
+        "BATCH_SIZE",
+        "TTA",
+        "HISTOGRAM_MATCHING",
+        "MODEL",
+        "WEIGHTS",
+        "FORCE_CPU",
+    }
     assert names[:4] == ["INPUT", "THRESHOLD", "MIN_CLOUD_SIZE", "BUFFER"]
     for p in alg.parameterDefinitions():  # QGIS adds "[optional]" itself
         assert "optional" not in p.description().lower(), p.description()

@@ -8,14 +8,20 @@ against raster size: memory should grow neither with the raster's height nor wit
 
 Two kinds of cases:
 
-* ``--sizes``: small rasters written in one piece, each run twice (inference only, and with
-  every post-processing step);
+* ``--sizes``: small rasters written in one piece, each run three times (the mask only, with
+  the probability too, and with every post-processing step);
+* ``--threads-size``: one raster run with and without the I/O threads, interleaved;
 * ``--options``: one raster run with each inference option (TTA flips and d8, histogram
   matching, an ensemble of two models) against the plain run in the same bench: their cost as
   Mpx/s, as a ratio to the plain run, and their peak RSS;
 * ``--big``: large rasters (a 200000 px wide strip, a 200000 px tall one, a whole Sentinel-2
   tile) written block by block as DEFLATE-compressed tiled GeoTIFFs, never whole in memory,
-  run with inference only. ``--big none`` skips them (they take 10 to 15 minutes).
+  run with the mask only. ``--big none`` skips them (they take 10 to 15 minutes);
+* the compression of the outputs, and onnxruntime's graph optimisation levels (and the int8
+  model of ``make quantize`` when there is one) on the bare model.
+
+It ends with the goals of issue 11: the pipeline at 0.9 of the ideal for the overlap, a full
+Sentinel-2 tile under 15 s with a peak RSS under 500 MB (on the 2-core machine).
 """
 
 from __future__ import annotations
@@ -165,12 +171,15 @@ def child(raster: str, model_file: str, batch: int, post: bool, options: dict) -
     import shutil
 
     from qgis_cloudmask import pipeline
+    from qgis_cloudmask.core import inference
 
+    options = dict(options)
+    inference.IO_THREAD = options.pop("io_thread", True)
+    with_probability = options.pop("probability", True)
     rss_before = peak_rss_mb()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(raster))) as tmp:
         extra = dict(POST, vector=f"{tmp}/clouds.gpkg", masked=f"{tmp}/masked.tif") if post else {}
-        options = dict(options)
         if options.pop("ensemble", False):
             shutil.copy(model_file, f"{tmp}/member2.onnx")
             model_file = [model_file, f"{tmp}/member2.onnx"]
@@ -179,13 +188,20 @@ def child(raster: str, model_file: str, batch: int, post: bool, options: dict) -
             pipeline.MaskRequest(
                 raster,
                 f"{tmp}/m.tif",
-                probability=f"{tmp}/p.tif",
+                probability=f"{tmp}/p.tif" if with_probability else None,
                 model=model_file,
                 batch_size=batch,
                 **extra,
             )
         )
-        out_mb = sum(os.path.getsize(f"{tmp}/{n}") for n in ("m.tif", "p.tif")) / 2**20
+        out_mb = (
+            sum(
+                os.path.getsize(f"{tmp}/{n}")
+                for n in ("m.tif", "p.tif")
+                if os.path.exists(f"{tmp}/{n}")
+            )
+            / 2**20
+        )
     seconds = time.perf_counter() - start
     print(
         json.dumps(
@@ -238,6 +254,136 @@ def run_child(
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+class Reference:
+    """The bare model's throughput (tiles in memory, no I/O, no tiling), measured again between
+    the runs of the bench: the machine's speed drifts, so every ratio uses the median."""
+
+    def __init__(self, model_file: Path, batch: int) -> None:
+        self.model_file, self.batch, self.values = model_file, batch, []
+
+    def measure(self, seconds: float = 2.0) -> float:
+        self.values.append(reference_mpx_per_s(self.model_file, self.batch, seconds))
+        return self.values[-1]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.values))
+
+    def spread(self) -> str:
+        return f"{min(self.values):.2f}-{max(self.values):.2f} over {len(self.values)}"
+
+
+def tiles_per_pixel(height: int, width: int, tile: int, overlap: int) -> float:
+    """Tile pixels the plan predicts per raster pixel: the ideal pipeline is the bare model's
+    throughput divided by this (1 / 0.735 for 224 px tiles at overlap 32 on a big raster)."""
+    from qgis_cloudmask.core import inference
+
+    plan = inference.TilingPlan(height, width, tile, overlap)
+    return plan.n_tiles * tile * tile / (height * width)
+
+
+#: Creation options the compression table compares. DEFLATE and LZW are read by every GIS;
+#: ZSTD and LERC need a GDAL built with them (QGIS >= 3.4 / GDAL >= 2.3), so are shown for
+#: information.
+COMPRESSIONS = {
+    "DEFLATE": [],
+    "DEFLATE ZLEVEL=1": ["ZLEVEL=1"],
+    "DEFLATE ZLEVEL=9": ["ZLEVEL=9"],
+    "DEFLATE PREDICTOR=2": ["PREDICTOR=2"],
+    "DEFLATE ZLEVEL=1 PRED=2": ["ZLEVEL=1", "PREDICTOR=2"],
+    "DEFLATE PREDICTOR=3": ["PREDICTOR=3"],
+    "LZW": ["COMPRESS=LZW"],
+    "LZW PREDICTOR=2": ["COMPRESS=LZW", "PREDICTOR=2"],
+    "ZSTD": ["COMPRESS=ZSTD"],
+    "none": ["COMPRESS=NONE"],
+}
+
+
+def compression_table(model_file: Path, work: Path, size: int = 2048, repeats: int = 3) -> None:
+    """Write a real mask and probability (the model on a synthetic scene) with each option: the
+    median write time (one thread, GDAL block cache flushed into the file) and the size."""
+    from osgeo import gdal
+
+    from qgis_cloudmask import raster_io
+    from qgis_cloudmask.core import inference
+    from qgis_cloudmask.core.model import CloudModel
+    from tests.support import synthetic
+
+    gdal.UseExceptions()
+    model = CloudModel(model_file)
+    refl = synthetic.sample_scene(size, size, 3).astype(np.float32) / 10000.0
+    prob, mask, _ = inference.classify_array(
+        model.predict, refl, model.info.tile_size, model.info.recommended_overlap, 0.5
+    )
+    base = raster_io.CREATION_OPTIONS
+    plugin = {
+        name: " ".join(raster_io.creation_options(t)[len(base) :])
+        for name, t in (("mask", gdal.GDT_Byte), ("probability", gdal.GDT_Float32))
+    }
+    print(
+        f"\ncompression of the outputs ({size}x{size}, the model's mask and probability; "
+        f"median of {repeats} writes; {' '.join(base)}; the plugin writes the mask with "
+        f"{plugin['mask']}, the probability with {plugin['probability']})"
+    )
+    print(f"{'options':>26} {'mask s':>8} {'mask MB':>8} {'prob s':>8} {'prob MB':>8}")
+    for name, extra in COMPRESSIONS.items():
+        opts = base + (
+            extra if any(o.startswith("COMPRESS=") for o in extra) else ["COMPRESS=DEFLATE", *extra]
+        )
+        row = []
+        for array, dtype in ((mask, gdal.GDT_Byte), (prob, gdal.GDT_Float32)):
+            if dtype == gdal.GDT_Byte and "PREDICTOR=3" in extra:
+                row += [float("nan"), float("nan")]
+                continue
+            times = []
+            for _ in range(repeats):
+                path = str(work / "c.tif")
+                start = time.perf_counter()
+                ds = gdal.GetDriverByName("GTiff").Create(path, size, size, 1, dtype, opts)
+                ds.GetRasterBand(1).WriteArray(array)
+                ds = None
+                times.append(time.perf_counter() - start)
+                mb = os.path.getsize(path) / 2**20
+                gdal.GetDriverByName("GTiff").Delete(path)
+            row += [float(np.median(times)), mb]
+        print(f"{name:>26} {row[0]:8.3f} {row[1]:8.2f} {row[2]:8.3f} {row[3]:8.2f}", flush=True)
+
+
+def optimisation_table(model_file: Path, batch: int, int8: Path | None) -> None:
+    """The bare model under each onnxruntime graph optimisation level (the plugin uses the
+    default, ORT_ENABLE_ALL), and the int8 model of ``make quantize`` when there is one;
+    interleaved rounds, median."""
+    import onnxruntime as ort
+
+    models = {"float32": model_file}
+    if int8 is not None and int8.is_file():
+        models["int8"] = int8
+    levels = ["ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"]
+    tiles = np.random.default_rng(0).uniform(0, 0.6, (batch, 4, 224, 224)).astype(np.float32)
+    sessions = {}
+    for name, path in models.items():
+        for level in levels:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+            sessions[name, level] = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+    values: dict = {k: [] for k in sessions}
+    for _ in range(3):
+        for key, session in sessions.items():
+            session.run(["probability"], {"input": tiles})
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 1.0:
+                session.run(["probability"], {"input": tiles})
+                n += batch
+            values[key].append(n * 224 * 224 / 1e6 / (time.perf_counter() - start))
+    print(f"\nonnxruntime graph optimisation (bare model, batch {batch}, median of 3 rounds)")
+    for (name, level), v in values.items():
+        print(f"{name:>10} {level:>20} {np.median(v):7.2f} Mpx/s")
+    if "int8" not in models:
+        print(f"{'':>10} (no int8 model at {int8}: run make quantize)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,13 +392,13 @@ def main() -> int:
     parser.add_argument(
         "--sizes",
         default=DEFAULT_SIZES,
-        help=f"comma-separated HxW small rasters, each also run with post-processing "
-        f"(default {DEFAULT_SIZES}; 'none' skips them)",
+        help=f"comma-separated HxW small rasters, each run with the mask only, with the "
+        f"probability too and with post-processing (default {DEFAULT_SIZES}; 'none' skips)",
     )
     parser.add_argument(
         "--big",
         default=DEFAULT_BIG,
-        help=f"comma-separated HxW large rasters written block by block, inference only "
+        help=f"comma-separated HxW large rasters written block by block, mask only "
         f"(default {DEFAULT_BIG}; 'none' skips them: 10 to 15 minutes on 2 cores)",
     )
     parser.add_argument(
@@ -265,6 +411,25 @@ def main() -> int:
         default="2048x1024",
         help="HxW raster run with each inference option (default 2048x1024; 'none' skips)",
     )
+    parser.add_argument(
+        "--threads-size",
+        default="4096x4096",
+        help="HxW raster run with and without the I/O threads, interleaved (default "
+        "4096x4096; 'none' skips)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per I/O-thread case")
+    parser.add_argument(
+        "--int8",
+        type=Path,
+        default=REPO / "runs" / "quantize" / "cloudmask-int8.onnx",
+        help="int8 model of make quantize, compared when it exists",
+    )
+    parser.add_argument(
+        "--compression-size",
+        type=int,
+        default=2048,
+        help="side of the compression table's rasters (default 2048; 0 skips the table)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("RASTER", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--post", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
@@ -273,43 +438,93 @@ def main() -> int:
         child(args.child[0], args.child[1], args.batch, args.post, json.loads(args.options))
         return 0
 
+    import onnxruntime
+
+    from qgis_cloudmask.core import inference
     from qgis_cloudmask.core.model import read_info
     from tests.support import synthetic
 
     small, big = parse_sizes(args.sizes), parse_sizes(args.big)
+    goals = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         model_file, label = model_path(work)
         info = read_info(str(model_file))
-        ref = reference_mpx_per_s(model_file, args.batch)
+        t, overlap = info.tile_size, info.recommended_overlap
+        ref = Reference(model_file, args.batch)
+        ref.measure(3.0)
         print(f"model: {label} ({model_file.name}); batch {args.batch}")
-        from qgis_cloudmask.core import inference
-
         print(
             f"GDAL_CACHEMAX={os.environ.get('GDAL_CACHEMAX', 'unset')}; {os.cpu_count()} CPU(s); "
-            f"column blocks of at most {getattr(inference, 'BLOCK_WIDTH', 'unlimited')} px"
+            f"onnxruntime {onnxruntime.__version__} "
+            f"({', '.join(onnxruntime.get_available_providers())}); "
+            f"column blocks of at most {inference.BLOCK_WIDTH} px"
         )
-        print(f"reference (bare model on tiles, same process): {ref:.3f} Mpx/s\n")
-        print(
-            f"{'raster HxW':>20} {'Mpx':>7} {'s':>8} {'Mpx/s':>7} {'vs ref':>7} "
+        print(f"reference (bare model on tiles, same process): {ref.values[0]:.3f} Mpx/s\n")
+        header = (
+            f"{'raster HxW':>26} {'Mpx':>7} {'s':>8} {'Mpx/s':>7} {'vs ref':>7} {'vs ideal':>8} "
             f"{'tiles x':>8} {'peak RSS MB':>12} {'out MB':>7}"
         )
 
-        def row(name: str, h: int, w: int, r: dict) -> None:
+        def row(name: str, h: int, w: int, r: dict, reference: float | None = None) -> float:
+            reference = reference or ref.median
             mps = r["mpx"] / r["seconds"]
-            factor = tile_factor(h, w, info.tile_size, info.recommended_overlap)
+            ideal = reference / tiles_per_pixel(h, w, t, overlap)
+            factor = tile_factor(h, w, t, overlap)
             print(
-                f"{name:>20} {r['mpx']:7.2f} {r['seconds']:8.2f} {mps:7.3f} {mps / ref:7.2f} "
-                f"{factor:8.3f} {r['peak_rss_mb']:12.0f} {r['outputs_mb']:7.0f}",
+                f"{name:>26} {r['mpx']:7.2f} {r['seconds']:8.2f} {mps:7.3f} {mps / reference:7.2f} "
+                f"{mps / ideal:8.2f} {factor:8.3f} {r['peak_rss_mb']:12.0f} {r['outputs_mb']:7.0f}",
                 flush=True,
             )
+            return mps / ideal
 
+        print(header)
+        cases = {"mask": {"probability": False}, "+ probability": {}}
         for h, w in small:
             raster = synthetic.write_geotiff(work / f"{h}x{w}.tif", synthetic.sample_scene(h, w, 1))
-            for post in (False, True):
-                r = run_child(raster, model_file, args.batch, post)
-                row(f"{h}x{w}" + (" + post" if post else ""), h, w, r)
+            for name, options in cases.items():
+                row(
+                    f"{h}x{w} {name}",
+                    h,
+                    w,
+                    run_child(raster, model_file, args.batch, False, options),
+                )
+            r = run_child(raster, model_file, args.batch, True, {"probability": False})
+            row(f"{h}x{w} + post", h, w, r)
+            ref.measure()
             os.remove(raster)
+
+        for h, w in parse_sizes(args.threads_size):
+            raster = synthetic.write_geotiff(work / f"{h}x{w}.tif", synthetic.sample_scene(h, w, 1))
+            print(
+                f"\nI/O threads on {h}x{w}, mask only ({args.repeats} interleaved runs each, the "
+                "bare model measured between them; median)"
+            )
+            runs: dict = {True: [], False: []}
+            refs = []
+            for _ in range(args.repeats):
+                for io_thread in (False, True):
+                    r = run_child(
+                        raster,
+                        model_file,
+                        args.batch,
+                        False,
+                        {"probability": False, "io_thread": io_thread},
+                    )
+                    runs[io_thread].append(r)
+                    refs.append(ref.measure(1.5))
+            reference = float(np.median(refs))
+            print(header)
+            for io_thread in (False, True):
+                seconds = float(np.median([r["seconds"] for r in runs[io_thread]]))
+                r = dict(runs[io_thread][0], seconds=seconds)
+                r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs[io_thread])
+                name = "with I/O threads" if io_thread else "serial (no threads)"
+                ratio = row(name, h, w, r, reference)
+                if io_thread:
+                    goals.append(("pipeline >= 0.9 of the ideal", ratio >= 0.9, f"{ratio:.2f}"))
+            os.remove(raster)
+
         for h, w in parse_sizes(args.options_size):
             raster = synthetic.write_geotiff(work / f"{h}x{w}.tif", synthetic.sample_scene(h, w, 1))
             print(f"\ninference options on {h}x{w} (ratio: Mpx/s over the plain run's, same bench)")
@@ -319,29 +534,51 @@ def main() -> int:
                 mps = r["mpx"] / r["seconds"]
                 plain = plain or mps
                 print(
-                    f"{name:>20} {r['mpx']:7.2f} {r['seconds']:8.2f} {mps:7.3f} "
-                    f"{'x' + format(mps / plain, '.2f'):>7} {'':>8} {r['peak_rss_mb']:12.0f} "
-                    f"{r['outputs_mb']:7.0f}   cloud {r['cloud_percent']:.2f} %",
+                    f"{name:>26} {r['mpx']:7.2f} {r['seconds']:8.2f} {mps:7.3f} "
+                    f"{'x' + format(mps / plain, '.2f'):>7} {'':>8} {'':>8} "
+                    f"{r['peak_rss_mb']:12.0f} {r['outputs_mb']:7.0f}   "
+                    f"cloud {r['cloud_percent']:.2f} %",
                     flush=True,
                 )
             os.remove(raster)
-        print()
+
+        if args.compression_size:
+            compression_table(model_file, work, args.compression_size)
+        optimisation_table(model_file, args.batch, args.int8)
+        ref.measure()
+
+        if big:
+            print("\n" + header)
         for h, w in big:
             start = time.perf_counter()
             raster = write_big_geotiff(work / f"big-{h}x{w}.tif", h, w)
             written = time.perf_counter() - start
-            r = run_child(raster, model_file, args.batch, False)
+            r = run_child(raster, model_file, args.batch, False, {"probability": False})
             row(f"{h}x{w}", h, w, r)
+            ref.measure()
             size_mb = os.path.getsize(raster) / 2**20
-            print(f"{'':>20} (input written in {written:.0f} s, {size_mb:.0f} MB)")
+            print(f"{'':>26} (input written in {written:.0f} s, {size_mb:.0f} MB)")
+            if (h, w) == (10980, 10980):
+                goals.append(("full tile under 15 s", r["seconds"] < 15, f"{r['seconds']:.1f} s"))
+                goals.append(
+                    (
+                        "full tile peak RSS under 500 MB",
+                        r["peak_rss_mb"] < 500,
+                        f"{r['peak_rss_mb']:.0f} MB",
+                    )
+                )
             os.remove(raster)
+    print(f"\nbare model: median {ref.median:.3f} Mpx/s ({ref.spread()})")
+    for goal, met, value in goals:
+        print(f"goal {goal}: {'met' if met else 'NOT met'} ({value})")
     print(
         f"\n'+ post' rows add MIN_CLOUD_SIZE={POST['min_cloud_size']}, "
         f"BUFFER={POST['buffer']:g} m, polygons and the masked image.\n"
-        "'vs ref' < 1 is the cost of overlap (tiles per pixel), nodata checks, blending and I/O;\n"
-        "'tiles x' is the number of tiles predicted over the tiles of the plan (tiles crossing "
-        "the border of a\ncolumn block are predicted once per block); 'out MB' is the size of "
-        "the mask and probability GeoTIFFs.\n"
+        "'vs ref' is the pipeline's Mpx/s over the bare model's (median of the bench); "
+        "'vs ideal' over the bare model's\ndivided by the tiles per pixel of the plan (overlap), "
+        "the most a tiled run can reach;\n'tiles x' is the number of tiles predicted over the "
+        "tiles of the plan (tiles crossing the border of a\ncolumn block are predicted once per "
+        "block); 'out MB' is the size of the mask (and probability) GeoTIFFs.\n"
         "Peak RSS should stay flat whatever the height and the width (bounded windows; the "
         "pipeline caps GDAL's\nblock cache during a run)."
     )

@@ -2,6 +2,9 @@
 the blended mosaic equals that function everywhere, for any overlap, batch size and raster
 size (no seams, no off-by-one, no edge artefacts)."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -230,3 +233,114 @@ def test_largest_overlap_still_blends_exactly():
     refl = random_scene(226, 229, seed=6)  # overlap 223 = stride 1: up to 12 tiles per pixel
     prob, _, _ = inference.classify_array(pixel_function, refl, 224, 223, 0.5, 16)
     np.testing.assert_allclose(prob, reference(refl), atol=2e-6)
+
+
+def _io_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("cloudmask-")]
+
+
+def _run_recorded(refl, valid, io_thread, block_width=512):
+    """classify_raster over in-memory arrays, recording every read and write and its thread."""
+    h, w = valid.shape
+    reads, writes, threads = [], [], set()
+    prob = np.zeros((h, w), np.float32)
+    mask = np.zeros((h, w), np.uint8)
+
+    def read_window(y0, y1, x0, x1):
+        reads.append((y0, y1, x0, x1))
+        threads.add(("read", threading.current_thread().name))
+        return refl[:, y0:y1, x0:x1].copy(), valid[y0:y1, x0:x1].copy()
+
+    def write_window(y0, x0, p, m):
+        writes.append((y0, x0, p.shape))
+        threads.add(("write", threading.current_thread().name))
+        prob[y0 : y0 + p.shape[0], x0 : x0 + p.shape[1]] = p
+        mask[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] = m
+
+    plan = inference.TilingPlan(h, w, 224, 32)
+    stats = inference.classify_raster(
+        pixel_function,
+        plan,
+        0.5,
+        4,
+        read_window,
+        write_window,
+        block_width=block_width,
+        io_thread=io_thread,
+    )
+    return prob, mask, stats, reads, writes, threads
+
+
+def test_the_io_threads_change_nothing_but_the_thread():
+    """Reading ahead and writing behind in threads: the same reads and writes in the same order,
+    byte-identical results, and each side really in its own thread (none left running)."""
+    h, w = 900, 1500
+    refl = random_scene(h, w, seed=11)
+    valid = np.ones((h, w), bool)
+    valid[300:700, 200:900] = False  # whole tiles skipped, and partly valid ones
+    serial = _run_recorded(refl, valid, io_thread=False)
+    threaded = _run_recorded(refl, valid, io_thread=True)
+    np.testing.assert_array_equal(threaded[0], serial[0])
+    np.testing.assert_array_equal(threaded[1], serial[1])
+    assert threaded[2] == serial[2]
+    assert threaded[3] == serial[3] and threaded[4] == serial[4]
+    assert serial[5] == {("read", "MainThread"), ("write", "MainThread")}
+    assert {side for side, _ in threaded[5]} == {"read", "write"}
+    assert all(name.startswith("cloudmask-") for _, name in threaded[5])
+    assert _io_threads() == []
+
+
+@pytest.mark.parametrize("io_thread", [False, True])
+def test_a_failing_read_or_write_is_raised_in_the_caller(io_thread):
+    refl = random_scene(700, 700, seed=12)
+    plan = inference.TilingPlan(700, 700, 224, 32)
+
+    def read_window(y0, y1, x0, x1):
+        if y0 >= 400:
+            raise OSError("read failed: disk gone")
+        return refl[:, y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool)
+
+    with pytest.raises(OSError, match="disk gone"):
+        inference.classify_raster(
+            pixel_function, plan, 0.5, 4, read_window, lambda *a: None, io_thread=io_thread
+        )
+    assert _io_threads() == []
+
+    written = []
+
+    def write_window(y0, x0, p, m):
+        if y0 > 0:
+            raise OSError("write failed: disk full")
+        written.append(y0)
+
+    ok = lambda a, b, c, d: (refl[:, a:b, c:d], np.ones((b - a, d - c), bool))  # noqa: E731
+    with pytest.raises(OSError, match="disk full"):
+        inference.classify_raster(
+            pixel_function, plan, 0.5, 4, ok, write_window, io_thread=io_thread
+        )
+    assert written == [0] and _io_threads() == []
+
+
+def test_cancel_with_io_threads_leaves_no_thread_and_no_write_behind():
+    refl = random_scene(1200, 700, seed=13)
+    writes, calls = [], []
+
+    def predict(tiles):
+        calls.append(1)
+        return pixel_function(tiles)
+
+    with pytest.raises(inference.Cancelled):
+        inference.classify_raster(
+            predict,
+            inference.TilingPlan(1200, 700, 224, 32),
+            0.5,
+            2,
+            lambda a, b, c, d: (refl[:, a:b, c:d], np.ones((b - a, d - c), bool)),
+            lambda y0, x0, p, m: writes.append(y0),
+            is_canceled=lambda: len(calls) >= 5,
+            io_thread=True,
+        )
+    n_written = len(writes)
+    time.sleep(0.2)
+    # 4 tiles a strip, 2 a batch: cancelled within strip 3; strips 1 and 2 were written
+    assert _io_threads() == [] and len(writes) == n_written == 2
