@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy 
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo screenshots bench survey package train export evaluate shift report distill point-labels hpo darts clean
+.PHONY: help setup test test-all lint demo screenshots bench survey package train time-to-solution export evaluate shift report distill point-labels hpo darts clean
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
@@ -60,6 +60,13 @@ package: $(STAMP) ## build dist/qgis_cloudmask-<version>.zip (plugin, model, REA
 
 train: $(STAMP) ## train the U-Net (config: training/configs/default.yaml)
 	$(PY) -m training.train --config training/configs/default.yaml --data-root $(SHARED_DATA)
+
+# Extra arguments of the run step, e.g. TTS_ARGS="--nproc 1 2 4" or TTS_ARGS="--device cuda".
+TTS_ARGS ?=
+
+time-to-solution: $(STAMP) ## one config trained with 1 and 2 processes (torchrun), wall time to a val IoU target (resumes; <= 25 min each) -> docs/time-to-solution.md
+	$(PY) -m training.time_to_solution run --config training/configs/time_to_solution.yaml --data-root $(SHARED_DATA) $(TTS_ARGS)
+	$(PY) -m training.time_to_solution report --config training/configs/time_to_solution.yaml
 
 export: $(STAMP) ## export the best checkpoint to models/cloudmask.onnx
 	$(PY) -m training.export --config training/configs/default.yaml --data-root $(SHARED_DATA)

@@ -338,17 +338,32 @@ class CropSampler:
 
 
 class CropStream(IterableDataset):
-    """Endless stream of random ``crop x crop`` training samples, seeded per epoch and worker."""
+    """Endless stream of random ``crop x crop`` training samples, seeded per epoch and worker
+    (and per rank in data-parallel training, so that no two ranks draw the same crops).
 
-    def __init__(self, scenes: list[Scene], cfg: DataConfig, seed: int, epoch: int = 0) -> None:
+    ``rank=None`` (one process) seeds with ``[seed, epoch, worker]``, the stream of every
+    single-process run so far; a rank ``r`` of several seeds with ``[seed, epoch, r, worker]``.
+    """
+
+    def __init__(
+        self,
+        scenes: list[Scene],
+        cfg: DataConfig,
+        seed: int,
+        epoch: int = 0,
+        rank: int | None = None,
+    ) -> None:
         super().__init__()
         self.sampler = CropSampler(scenes, cfg)
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.rank = seed, epoch, rank
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
-        rng = np.random.default_rng([self.seed, self.epoch, worker])
+        key = [self.seed, self.epoch, worker]
+        if self.rank is not None:
+            key.insert(2, self.rank)
+        rng = np.random.default_rng(key)
         while True:
             refl, target = self.sampler.sample(rng)
             yield torch.from_numpy(refl), torch.from_numpy(target)
