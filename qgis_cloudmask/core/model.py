@@ -75,6 +75,10 @@ PREFERRED_PROVIDERS = (
 )
 
 
+#: onnxruntime session configuration entries of every session (``make bench`` compares
+#: alternatives; read when a session is made).
+SESSION_CONFIG: dict[str, str] = {}
+
 #: ``device`` values: "auto" = the first of :data:`PREFERRED_PROVIDERS` this onnxruntime
 #: offers (a GPU build: onnxruntime-gpu, -directml, CoreML on macOS), "cpu" = CPU only.
 DEVICES = ("auto", "cpu")
@@ -263,6 +267,8 @@ class CloudModel:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        for key, value in SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         wanted = providers(ort, device)
         #: the providers asked for, in order (``execution_provider`` is the one that runs)
         self.requested_providers = wanted

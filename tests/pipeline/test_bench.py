@@ -16,6 +16,8 @@ def test_tiles_per_pixel_is_the_overlaps_cost():
 
 
 def test_the_bench_runs_every_section_on_small_rasters(tmp_path):
+    page = tmp_path / "speed.md"
+    page.write_text("# Speed\n\nwritten by hand\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n")
     proc = subprocess.run(
         [
             sys.executable,
@@ -31,12 +33,16 @@ def test_the_bench_runs_every_section_on_small_rasters(tmp_path):
             "256x256",
             "--compression-size",
             "256",
+            "--batch-scenes",
+            "2x256",
             "--big",
             "none",
             "--int8",
             str(tmp_path / "absent.onnx"),
             "--workdir",
             str(tmp_path),
+            "--markdown",
+            str(page),
         ],
         cwd=REPO,
         capture_output=True,
@@ -58,5 +64,9 @@ def test_the_bench_runs_every_section_on_small_rasters(tmp_path):
         "no int8 model",
         "goal pipeline >= 0.9 of the ideal",
         "bare model: median",
+        "batch runner: 2 scenes",
     ):
         assert text in out, f"{text!r} missing from:\n{out}"
+    text = page.read_text()  # the printed tables, between the markers, the rest kept
+    assert text.startswith("# Speed\n\nwritten by hand\n") and "old" not in text
+    assert "goal pipeline >= 0.9 of the ideal" in text and text.count("<!-- bench:end -->") == 1

@@ -384,6 +384,92 @@ def optimisation_table(model_file: Path, batch: int, int8: Path | None) -> None:
         print(f"{'':>10} (no int8 model at {int8}: run make quantize)")
 
 
+def batch_scaling(model_file: Path, work: Path, scenes: int, side: int) -> None:
+    """``python -m qgis_cloudmask batch`` on ``scenes`` rasters with 1 and with 2 workers
+    (LocalCluster; onnxruntime threads split between workers): wall time from the command's
+    start to its end, cluster start-up included."""
+    from tests.support import synthetic
+
+    inputs = [
+        synthetic.write_geotiff(work / f"scene{i}.tif", synthetic.sample_scene(side, side, i))
+        for i in range(scenes)
+    ]
+    mpx = scenes * side * side / 1e6
+    print(
+        f"\nbatch runner: {scenes} scenes of {side}x{side} ({mpx:.1f} Mpx), mask only, "
+        "LocalCluster (wall time of the whole command)"
+    )
+    print(f"{'workers':>26} {'s':>8} {'Mpx/s':>7} {'scenes/min':>11} {'speed-up':>9}")
+    first = None
+    for workers in (1, 2):
+        out = work / f"batch-{workers}"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qgis_cloudmask",
+                "batch",
+                "--out",
+                str(out),
+                "--workers",
+                str(workers),
+                "--model",
+                str(model_file),
+                "--quiet",
+                *inputs,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            raise SystemExit(f"batch failed:\n{proc.stdout}\n{proc.stderr}")
+        first = first or seconds
+        print(
+            f"{workers:>26} {seconds:8.2f} {mpx / seconds:7.3f} {60 * scenes / seconds:11.2f} "
+            f"{first / seconds:9.2f}",
+            flush=True,
+        )
+    for path in inputs:
+        os.remove(path)
+
+
+class _Tee:
+    """stdout that also keeps what is printed (for ``--markdown``)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_markdown(path: Path, text: str, command: str) -> None:
+    """Put the bench's output between the page's bench markers (the rest is left alone)."""
+    import platform
+
+    block = (
+        f"{BEGIN}\n`{command}` on {platform.node() or 'this machine'} "
+        f"({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}:\n\n"
+        f"```text\n{text.rstrip()}\n```\n{END}"
+    )
+    page = path.read_text() if path.is_file() else "# Speed on one machine\n\n"
+    if BEGIN in page and END in page:
+        page = page[: page.index(BEGIN)] + block + page[page.index(END) + len(END) :]
+    else:
+        page = page.rstrip() + "\n\n" + block + "\n"
+    path.write_text(page)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -419,6 +505,12 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per I/O-thread case")
     parser.add_argument(
+        "--batch-scenes",
+        default="6x2048",
+        help="NxSIDE: the batch runner on N rasters SIDE px square with 1 and 2 workers "
+        "(default 6x2048; 'none' skips)",
+    )
+    parser.add_argument(
         "--int8",
         type=Path,
         default=REPO / "runs" / "quantize" / "cloudmask-int8.onnx",
@@ -430,6 +522,12 @@ def main() -> int:
         default=2048,
         help="side of the compression table's rasters (default 2048; 0 skips the table)",
     )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="also write the output into this page between its bench markers "
+        "(make bench: docs/speed.md)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("RASTER", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--post", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--options", default="{}", help=argparse.SUPPRESS)
@@ -437,7 +535,20 @@ def main() -> int:
     if args.child:
         child(args.child[0], args.child[1], args.batch, args.post, json.loads(args.options))
         return 0
+    tee = _Tee(sys.stdout)
+    sys.stdout = tee
+    try:
+        bench(args)
+    finally:
+        sys.stdout = tee.stream
+    if args.markdown:
+        command = "python -m tests.support.bench " + " ".join(sys.argv[1:])
+        write_markdown(args.markdown, "".join(tee.parts), command)
+    return 0
 
+
+def bench(args: argparse.Namespace) -> None:
+    """Every section of the bench, printed as it goes."""
     import onnxruntime
 
     from qgis_cloudmask.core import inference
@@ -546,6 +657,9 @@ def main() -> int:
             compression_table(model_file, work, args.compression_size)
         optimisation_table(model_file, args.batch, args.int8)
         ref.measure()
+        if args.batch_scenes.lower() != "none":
+            n, side = (int(v) for v in args.batch_scenes.lower().split("x"))
+            batch_scaling(model_file, work, n, side)
 
         if big:
             print("\n" + header)
@@ -582,7 +696,6 @@ def main() -> int:
         "Peak RSS should stay flat whatever the height and the width (bounded windows; the "
         "pipeline caps GDAL's\nblock cache during a run)."
     )
-    return 0
 
 
 if __name__ == "__main__":
