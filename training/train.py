@@ -198,6 +198,14 @@ def rank_batch_size(batch_size: int, world: distributed.World) -> int:
     return batch_size // world.size
 
 
+def _worker_context(world: distributed.World, num_workers: int) -> str | None:
+    """How DataLoader workers start: forked (the default) alone; from a fork server with several
+    ranks, whose process holds gloo's threads and OpenMP pools resized for validation: a worker
+    forked from it hung at its start once (epoch 10 of the 2-process time-to-solution run, the
+    other rank then timed out), a fork server's workers start from a clean process."""
+    return "forkserver" if world.distributed and num_workers > 0 else None
+
+
 def _wall_offset(history: list[dict]) -> float:
     """Wall seconds of the sessions before a resume (their epochs' seconds for older runs)."""
     if not history:
@@ -339,6 +347,7 @@ def _train(
             batch_size=batch_size,
             num_workers=cfg.data.num_workers,
             persistent_workers=False,
+            multiprocessing_context=_worker_context(world, cfg.data.num_workers),
         )
         net.train()
         running = 0.0

@@ -78,9 +78,10 @@ def tiny(overrides: list[str], epochs: int) -> config.Config:
 
 @pytest.fixture(scope="module")
 def two_processes(overrides, data_root):
-    """A fresh run of one epoch on two processes, through the real command line."""
+    """A fresh run of one epoch on two processes, through the real command line, with a
+    DataLoader worker per rank as the real configs have (started from a fork server)."""
     args = ["-m", "training.train", "--config", str(TINY), "--data-root", str(data_root)]
-    out = torchrun([*args, "--set", *overrides, "train.epochs=1"])
+    out = torchrun([*args, "--set", *overrides, "train.epochs=1", "data.num_workers=1"])
     return tiny(overrides, 1).run_dir, out
 
 
