@@ -9,7 +9,7 @@ APT_PACKAGES := qgis python3-qgis python3-venv python3-matplotlib python3-scipy 
 export QT_QPA_PLATFORM ?= offscreen
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint demo screenshots bench survey package train time-to-solution export evaluate shift report distill point-labels hpo darts clean
+.PHONY: help setup test test-all lint demo screenshots bench survey package train time-to-solution export evaluate quantize shift report distill point-labels hpo darts clean
 
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
@@ -49,8 +49,8 @@ demo: $(STAMP) ## the main job: a generated Sentinel-2 product zip masked throug
 screenshots: $(STAMP) ## real QGIS desktop (Xvfb) runs the algorithm -> PNG screenshots + JSON in docs/screenshots
 	$(PY) -m tests.support.screenshots --out docs/screenshots
 
-bench: $(STAMP) ## throughput and peak memory of the tiled inference
-	$(PY) -m tests.support.bench
+bench: $(STAMP) ## speed and peak memory: pipeline vs ideal, I/O threads, options, compression, batch workers, full tile -> docs/speed.md
+	$(PY) -m tests.support.bench --markdown docs/speed.md $(BENCH_ARGS)
 
 survey: $(STAMP) ## automatic radiometry on the real scenes of ../shared vs their records -> docs/radiometry-survey.md
 	$(PY) -m tests.support.radiometry_survey --data-root $(SHARED_DATA)

@@ -154,7 +154,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="cloud probability threshold 0-1 (default: the model's)",
     )
     p.add_argument(
-        "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (4)"
+        "--batch-size", type=_positive, metavar="N", help="tiles per onnxruntime call (8)"
     )
     p.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime threads")
     p.add_argument(

@@ -47,6 +47,9 @@ class TimeToSolutionConfig:
     """The experiment's own keys (the ``time_to_solution`` section of its YAML)."""
 
     target_iou: float = 0.75
+    #: further targets shown beside the headline one: the validation IoU of one epoch is
+    #: noisy, so one target alone may flatter either side
+    more_targets: list[float] = field(default_factory=list)
     nproc: list[int] = field(default_factory=lambda: [1, 2])  # world sizes, one run each
     device: str = "cpu"  # cpu (gloo, threads shared out) or cuda (one GPU per process)
     page: str = "docs/time-to-solution.md"
@@ -350,6 +353,28 @@ def plot(results: list[RunResult], target: float, out: Path) -> Path:
     return out
 
 
+def targets_table(results: list[RunResult], targets: list[float]) -> str:
+    """Minutes (and epoch) to each target per run, and the speed-up over one process."""
+    one = next((r for r in results if r.nproc == 1), None)
+    head = "| target IoU | " + " | ".join(f"`{r.name}` min (epoch)" for r in results)
+    head += " | speed-up |" if one and len(results) > 1 else " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for target in targets:
+        hits = [time_to_target(r.rows, target) for r in results]
+        cells = [f"{h['seconds'] / 60:.1f} ({h['epoch']})" if h else "not reached" for h in hits]
+        row = f"| {target:g} | " + " | ".join(cells) + " |"
+        if one and len(results) > 1:
+            base = time_to_target(one.rows, target)
+            ups = [
+                f"{r.name}: {base['seconds'] / h['seconds']:.2f}×"
+                for r, h in zip(results, hits)
+                if r is not one and h and base
+            ]
+            row += f" {', '.join(ups) or '–'} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def verdict(results: list[RunResult], target: float) -> list[str]:
     ups = speed_ups(results)
     lines = []
@@ -450,6 +475,16 @@ def render(cfg: Config, exp: TimeToSolutionConfig, results: list[RunResult], pag
             "",
             *verdict(results, target),
         ]
+        if exp.more_targets:
+            parts += [
+                "",
+                "The headline target and further ones (one epoch's validation IoU jumps by a few "
+                "points, so a single target can fall either way; 0.80 and 0.85 were added after "
+                "the one-process run had been seen, so read them as a description, not a test; "
+                "the per-epoch speed-up above is the steadier figure):",
+                "",
+                targets_table(results, [target, *exp.more_targets]),
+            ]
     else:
         parts.append("*No run yet: `make time-to-solution` trains them (~25 min each at most).*")
     parts += ["", "## Caveats", "", *CAVEATS, ""]

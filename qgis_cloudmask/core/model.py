@@ -75,9 +75,11 @@ PREFERRED_PROVIDERS = (
 )
 
 
-#: onnxruntime session configuration entries of every session (``make bench`` compares
-#: alternatives; read when a session is made).
-SESSION_CONFIG: dict[str, str] = {}
+#: onnxruntime session configuration entries of every session (read when a session is made).
+#: Intra-op threads do not spin between calls: spinning threads keep the cores busy while the
+#: pipeline's reading and writing threads need them (4096 x 4096 on 2 cores, batch 4: 4.71 s
+#: with spinning, 3.74 s without; see docs/speed.md).
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 
 #: ``device`` values: "auto" = the first of :data:`PREFERRED_PROVIDERS` this onnxruntime
 #: offers (a GPU build: onnxruntime-gpu, -directml, CoreML on macOS), "cpu" = CPU only.
