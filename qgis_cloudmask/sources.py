@@ -211,21 +211,34 @@ SAMPLE_CHUNK = 4096
 
 def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXELS):
     """A decimated read of ``bands`` (nearest neighbour, at most ``max_pixels``):
-    ``(values bands x h x w, valid h x w)`` for deciding the radiometry from the data."""
+    ``(values bands x h x w, valid h x w)`` for deciding the radiometry from the data.
+
+    With overviews (JPEG 2000 resolution levels, a product's VRT, a pyramid) GDAL's own decimated
+    read uses them. Without, it would decode every block once per band (4 bands: 11 s instead of
+    3 s on a DEFLATE-tiled 10980 x 10980 scene), so the sampled rows are read at full resolution
+    and the sampled columns picked here: the same pixels as GDAL's nearest neighbour
+    (``floor((i + 0.5) * size / n)``), every block decoded once.
+    """
     ds, info = source.dataset, source.info
     step = max(1.0, float(np.sqrt(info.width * info.height / max_pixels)))
     w = max(1, int(info.width / step))
     h = max(1, int(info.height / step))
     # in column chunks of whole blocks: one decimated read across a very wide raster decodes
     # each block of a block row again for every sampled row once the row outgrows the cache
-    block_w = ds.GetRasterBand(bands[0]).GetBlockSize()[0]
+    first = ds.GetRasterBand(bands[0])
+    block_w = first.GetBlockSize()[0]
     chunk = max(block_w, SAMPLE_CHUNK // block_w * block_w)
+    decimate = first.GetOverviewCount() > 0
+    ys = ((np.arange(h) + 0.5) * info.height / h).astype(np.int64)
+    xs = ((np.arange(w) + 0.5) * info.width / w).astype(np.int64)
     parts = []
     try:
         for x0 in range(0, info.width, chunk):
             x1 = min(x0 + chunk, info.width)
-            j0, j1 = round(x0 * w / info.width), round(x1 * w / info.width)
-            if j1 > j0:
+            if decimate:
+                j0, j1 = round(x0 * w / info.width), round(x1 * w / info.width)
+                if j1 <= j0:
+                    continue
                 part = ds.ReadAsArray(
                     x0,
                     0,
@@ -237,6 +250,18 @@ def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXEL
                     resample_alg=gdal.GRIORA_NearestNeighbour,
                 )
                 parts.append(np.asarray(part).reshape(len(bands), h, j1 - j0))
+                continue
+            cols = xs[(xs >= x0) & (xs < x1)] - x0
+            if not len(cols):
+                continue
+            part = None
+            for i, y in enumerate(ys):
+                row = ds.ReadAsArray(x0, int(y), x1 - x0, 1, band_list=bands)
+                row = np.asarray(row).reshape(len(bands), x1 - x0)[:, cols]
+                if part is None:
+                    part = np.empty((len(bands), h, len(cols)), row.dtype)
+                part[:, i] = row
+            parts.append(part)
     except RuntimeError as exc:
         raise RasterError(
             f"Reading '{source.given}' failed: {exc}. The file may be truncated or damaged: "
