@@ -213,10 +213,11 @@ def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXEL
     """A decimated read of ``bands`` (nearest neighbour, at most ``max_pixels``):
     ``(values bands x h x w, valid h x w)`` for deciding the radiometry from the data.
 
-    With overviews (JPEG 2000 resolution levels, a product's VRT, a pyramid) GDAL's own decimated
-    read uses them. Without, it would decode every block once per band (4 bands: 11 s instead of
-    3 s on a DEFLATE-tiled 10980 x 10980 scene), so the sampled rows are read at full resolution
-    and the sampled columns picked here: the same pixels as GDAL's nearest neighbour
+    Any raster but a GeoTIFF without overviews (JPEG 2000 resolution levels, a product's VRT, a
+    pyramid): GDAL's own decimated read, which uses the overviews. A GeoTIFF without: GDAL would
+    decode every block once per band (4 bands: 11 s instead of 3 s on a DEFLATE-tiled
+    10980 x 10980 scene), so the sampled rows are read at full resolution and the sampled
+    columns picked here: the same pixels as GDAL's nearest neighbour
     (``floor((i + 0.5) * size / n)``), every block decoded once.
     """
     ds, info = source.dataset, source.info
@@ -228,7 +229,10 @@ def read_sample(source: Source, bands: list[int], max_pixels: int = SAMPLE_PIXEL
     first = ds.GetRasterBand(bands[0])
     block_w = first.GetBlockSize()[0]
     chunk = max(block_w, SAMPLE_CHUNK // block_w * block_w)
-    decimate = first.GetOverviewCount() > 0
+    # GeoTIFF only: row-by-row reads of a product's VRT of JPEG 2000 files crashed qgis_process
+    # (SIGSEGV), and those have resolution levels for GDAL's decimated read anyway
+    driver = ds.GetDriver().ShortName if ds.GetDriver() is not None else ""
+    decimate = driver != "GTiff" or first.GetOverviewCount() > 0
     ys = ((np.arange(h) + 0.5) * info.height / h).astype(np.int64)
     xs = ((np.arange(w) + 0.5) * info.width / w).astype(np.int64)
     parts = []
