@@ -77,6 +77,10 @@ ENSEMBLE_MODEL ?= runs/seed7/cloudmask.onnx
 evaluate: $(STAMP) ## the model and its inference options (TTA, histogram matching, ENSEMBLE_MODEL) vs the teacher -> docs/inference-options.md
 	$(PY) -m training.evaluate --data-root $(SHARED_DATA) $(foreach m,$(wildcard $(ENSEMBLE_MODEL)),--ensemble-model $(m)) --json docs/inference-options.json --markdown docs/inference-options.md
 
+quantize: $(STAMP) ## int8 model (static, calibrated on training scenes) vs float32: agreement, speed, IoU -> runs/quantize/, docs/speed.md
+	$(PY) -m training.quantize run --data-root $(SHARED_DATA)
+	$(PY) -m training.quantize report
+
 shift: $(STAMP) ## shift sensitivity of the model with and without TTA on real scenes -> docs/inference-options.md + figures
 	$(PY) -m training.shift_sensitivity --data-root $(SHARED_DATA) --json docs/shift-sensitivity.json --markdown docs/inference-options.md --figures docs/figures
 
