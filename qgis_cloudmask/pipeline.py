@@ -36,9 +36,10 @@ BUNDLED_MODEL_CANDIDATES = (
     os.path.join(PLUGIN_DIR, "models", "cloudmask.onnx"),
     os.path.join(os.path.dirname(PLUGIN_DIR), "models", "cloudmask.onnx"),
 )
-#: Tiles per onnxruntime call. Measured (docs/speed.md; 4096 x 4096, 2 cores, I/O threads, no
-#: spinning): 8 tiles take 3.5 % less time than 4, 16 tiles 8 % less but 100 MB more memory
-#: (311 vs 211 MB for the bare session), which would lift a full tile past 500 MB.
+#: Tiles per onnxruntime call. Measured twice (docs/speed.md; 4096 x 4096, 2 cores, I/O
+#: threads, no spinning): 8 tiles take 3.5 % and 7 % less time than 4; 16 tiles were 8 % faster
+#: than 4 once and slower than 8 the other time, and need about 100 MB more (538 vs 435 MB peak),
+#: which would lift a full tile past 500 MB.
 DEFAULT_BATCH_SIZE = 8
 MAX_BATCH_SIZE = 256
 

@@ -77,8 +77,9 @@ PREFERRED_PROVIDERS = (
 
 #: onnxruntime session configuration entries of every session (read when a session is made).
 #: Intra-op threads do not spin between calls: spinning threads keep the cores busy while the
-#: pipeline's reading and writing threads need them (4096 x 4096 on 2 cores, batch 4: 4.71 s
-#: with spinning, 3.74 s without; see docs/speed.md).
+#: pipeline's reading and writing threads (or other processes) need them. 4096 x 4096 on 2
+#: cores: with another process busy, batch 4, 4.71 s spinning against 3.74 s not; on a quiet
+#: machine, batch 8, 3.47 s against 3.52 s, within noise (docs/speed.md).
 SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 
 #: ``device`` values: "auto" = the first of :data:`PREFERRED_PROVIDERS` this onnxruntime

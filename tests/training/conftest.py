@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 from tests.training.generate import write_catalogue, write_labelled_pair, write_unlabelled_scene
+from training import config
+
+TINY = config.REPO_ROOT / "training/configs/tiny.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,19 @@ def data_root(tmp_path_factory) -> Path:
     write_labelled_pair(root / "dev_labelled", "chip_b", 64, 64, rng)
     write_catalogue(root / "catalogue", ["s1", "s2"], 48, rng)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(data_root, tmp_path_factory):
+    """tiny.yaml on the generated data root, its splits, runs and export in a folder of the
+    test module's own (one per module: a module's runs never meet another's)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    return config.load(
+        TINY,
+        {
+            "data.teacher_dir": str(data_root / "teacher"),
+            "data.split_dir": str(tmp / "splits"),
+            "train.runs_dir": str(tmp / "runs"),
+            "export.out": str(tmp / "cloudmask.onnx"),
+        },
+    )

@@ -19,20 +19,6 @@ TINY = config.REPO_ROOT / "training/configs/tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def tiny_cfg(data_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny")
-    return config.load(
-        TINY,
-        {
-            "data.teacher_dir": str(data_root / "teacher"),
-            "data.split_dir": str(tmp / "splits"),
-            "train.runs_dir": str(tmp / "runs"),
-            "export.out": str(tmp / "cloudmask.onnx"),
-        },
-    )
-
-
-@pytest.fixture(scope="module")
 def trained(tiny_cfg, data_root):
     return train.run(tiny_cfg, data_root, progress=False)
 

@@ -16,22 +16,6 @@ from training import config, datasets, export, quantize, train
 
 pytestmark = pytest.mark.training
 
-TINY = config.REPO_ROOT / "training/configs/tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_cfg(data_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny-quantize")
-    return config.load(
-        TINY,
-        {
-            "data.teacher_dir": str(data_root / "teacher"),
-            "data.split_dir": str(tmp / "splits"),
-            "train.runs_dir": str(tmp / "runs"),
-            "export.out": str(tmp / "cloudmask.onnx"),
-        },
-    )
-
 
 @pytest.fixture(scope="module")
 def float_model(tiny_cfg, data_root):
