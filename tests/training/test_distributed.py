@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ TTS = config.REPO_ROOT / "training/configs/time_to_solution.yaml"
 #: Trains through train.run with a ``build`` hook that keeps the network, then prints a hash of
 #: its parameters: the only way to see what a rank other than 0 holds (it writes nothing).
 WORKER = """
-import hashlib, sys
+import hashlib, os, sys
 from training import config, distributed, train
 
 built = []
@@ -40,7 +41,10 @@ cfg = config.load(sys.argv[1], train.parse_overrides(sys.argv[3:]))
 train.run(cfg, sys.argv[2], progress=False, build=build)
 data = b"".join(p.detach().numpy().tobytes() for p in built[0].parameters())
 rank = distributed.env_world()[0]
-print(f"rank {rank} parameters {hashlib.sha256(data).hexdigest()}", flush=True)
+sys.stdout.flush()
+# One write() of less than PIPE_BUF bytes: atomic, so the two ranks' lines cannot interleave
+# (print() wrote the text and the newline separately, and CI once saw them merged).
+os.write(1, f"rank {rank} parameters {hashlib.sha256(data).hexdigest()}\\n".encode())
 """
 
 
@@ -186,7 +190,7 @@ def test_a_run_of_one_process_resumes_in_two_with_the_same_weights_on_every_rank
     assert out.stdout.count("resumed") == 1 and out.stdout.count("epoch 3:") == 1
     rows = json.loads((run_dir / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    hashes = dict(line.split()[1::2] for line in out.stdout.splitlines() if "parameters" in line)
+    hashes = dict(re.findall(r"rank (\d+) parameters ([0-9a-f]{64})", out.stdout))
     assert set(hashes) == {"0", "1"}
     assert hashes["0"] == hashes["1"] == parameters_sha(run_dir / "last.pt")
 
