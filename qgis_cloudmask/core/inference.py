@@ -138,7 +138,8 @@ def reflectance_reader(
         valid = radiometry.valid_pixels(raw, list(nodata))
         refl = radiometry.to_reflectance(raw, conversion)
         del raw
-        refl[:, ~valid] = 0.0
+        if not valid.all():  # the usual scene is valid throughout: no pass over its pixels
+            refl[:, ~valid] = 0.0
         return refl, valid
 
     return read_window
@@ -320,6 +321,8 @@ def classify_raster(
     widest = max(max(b.read_x1 - b.read_x0 for b in blocks), t)
     acc_p_all = np.zeros((t, widest), dtype=np.float32)
     acc_w_all = np.zeros((t, widest), dtype=np.float32)
+    term = np.empty((t, t), dtype=np.float32)  # one tile's weighted probability
+    batch_buf: np.ndarray | None = None  # the tiles of a batch, reused (no page faults)
     io_thread = IO_THREAD if io_thread is None else io_thread
     strips = _Strips(read_window, blocks, ys, t, height, widest, io_thread)
     writer = _Writer(write_window, io_thread)
@@ -344,11 +347,16 @@ def classify_raster(
                 for b in range(0, len(todo), batch_size):
                     _check_cancel(is_canceled)
                     batch_x = todo[b : b + batch_size]
-                    prob = predict(np.stack([refl_p[:, :, x : x + t] for x in batch_x]))
+                    if batch_buf is None:
+                        batch_buf = np.empty((batch_size, *refl_p.shape[:2], t), np.float32)
+                    tiles = batch_buf[: len(batch_x)]
+                    np.stack([refl_p[:, :, x : x + t] for x in batch_x], out=tiles)
+                    prob = predict(tiles)
                     for x, p in zip(batch_x, prob):
                         v = valid_p[:, x : x + t]
                         w = weights if v.all() else weights * v
-                        acc_p[:, x : x + t] += w * p
+                        np.multiply(w, p, out=term)
+                        acc_p[:, x : x + t] += term
                         acc_w[:, x : x + t] += w
                     done += len(batch_x)
                     if progress is not None:

@@ -2,9 +2,13 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from qgis_cloudmask.core import radiometry
 from qgis_cloudmask.core.radiometry import (
+    MAX_REFLECTANCE,
     Conversion,
     Radiometry,
     to_reflectance,
@@ -79,3 +83,21 @@ def test_overflowing_values_are_clipped_not_passed_on(value):
     out = to_reflectance(values, Conversion.for_mode(Radiometry.REFLECTANCE, 1))
     assert out.dtype == np.float32 and np.isfinite(out).all()
     assert out[0, 0, 1] == radiometry.MAX_REFLECTANCE
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=hnp.arrays(
+        st.sampled_from([np.float32, np.float64, np.uint16, np.int16]),
+        st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6)),
+    ),
+    scale=st.floats(1e-5, 2.0),
+    offset=st.floats(-2000, 2000),
+)
+def test_reflectance_is_numpy_clip_of_the_scaled_values_to_the_bit(values, scale, offset):
+    """to_reflectance clips with maximum/minimum (faster than np.clip in NumPy 1.24): the
+    same bits for every input, NaN, infinities and signed zeros included."""
+    conversion = Conversion.uniform(scale, offset, values.shape[0])
+    expected = np.clip(radiometry._scaled(values, conversion), 0.0, MAX_REFLECTANCE)
+    got = to_reflectance(values, conversion)
+    assert got.dtype == np.float32 and got.tobytes() == expected.astype(np.float32).tobytes()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qgis_cloudmask.core import sentinel2
 from qgis_cloudmask.core.radiometry import (
@@ -206,3 +208,40 @@ def test_product_and_granule_names_tell_baseline_and_date(text, facts):
 def test_baselines(text, baseline, offset):
     assert sentinel2.parse_baseline(text) == baseline
     assert sentinel2.baseline_has_offset(baseline) is offset
+
+
+# ----------------------------------------------------------------------------- integer samples
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 3000),
+    high=st.sampled_from([1, 3, 255, 1200, 65535]),
+    dtype=st.sampled_from([np.uint8, np.uint16]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_statistics_of_an_integer_sample_read_off_its_histogram_equal_numpy(n, high, dtype, seed):
+    """uint8/uint16 samples are summarised by a histogram; dark percentiles and the median must
+    still be NumPy's to the last bit (they decide the radiometry), the converted median and
+    the share at or below 0 those of converting every pixel."""
+    high = min(high, np.iinfo(dtype).max)
+    values = np.random.default_rng(seed).integers(0, high, size=(4, n), endpoint=True)
+    values = values.astype(dtype)
+    fast, slow = DataSample(values), DataSample(values.astype(np.float64))
+    assert fast._counts is not None and slow._counts is None
+    assert fast.dark == slow.dark == tuple(float(np.percentile(v, 1.0)) for v in values)
+    assert fast.median == slow.median == float(np.median(values))
+    per_channel = Conversion((1e-4, 2e-4, 1e-4, 5e-5), (-1000.0, 0.0, -3.0, 7.0))
+    for conversion in (OFFSET, DN, REFL, per_channel):
+        median, zero = fast.converted(conversion)
+        slow_median, slow_zero = slow.converted(conversion)
+        assert median == pytest.approx(slow_median, rel=1e-6, abs=1e-9)
+        assert zero == slow_zero
+
+
+def test_an_integer_sample_keeps_its_type_and_a_float_one_becomes_float64():
+    valid = np.array([[True, False], [True, True]])
+    ints = DataSample.from_pixels(np.arange(8, dtype=np.uint16).reshape(2, 2, 2), valid)
+    floats = DataSample.from_pixels(np.arange(8, dtype=np.float32).reshape(2, 2, 2), valid)
+    assert ints.values.dtype == np.uint16 and floats.values.dtype == np.float64
+    assert ints.values.tolist() == [[0, 2, 3], [4, 6, 7]] == floats.values.tolist()
