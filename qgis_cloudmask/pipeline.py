@@ -27,14 +27,26 @@ from qgis_cloudmask import postprocess, raster_io, sources, styles
 from qgis_cloudmask.core import bands as band_choice
 from qgis_cloudmask.core import histogram, inference, radiometry, tiling, tta
 from qgis_cloudmask.core.ensemble import Ensemble
-from qgis_cloudmask.core.model import DEVICES, CloudModel, ModelError, ModelInfo, read_info
+from qgis_cloudmask.core.model import (
+    BUNDLED_MODELS,
+    DEVICES,
+    CloudModel,
+    ModelError,
+    ModelInfo,
+    read_info,
+)
 from qgis_cloudmask.core.stats import CloudStats
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
-#: Where the bundled model lies: inside the plugin (installed zip) or in the repository.
-BUNDLED_MODEL_CANDIDATES = (
-    os.path.join(PLUGIN_DIR, "models", "cloudmask.onnx"),
-    os.path.join(os.path.dirname(PLUGIN_DIR), "models", "cloudmask.onnx"),
+#: The folders where the bundled models lie: inside the plugin (installed zip) or in the
+#: repository.
+BUNDLED_MODEL_DIRS = (
+    os.path.join(PLUGIN_DIR, "models"),
+    os.path.join(os.path.dirname(PLUGIN_DIR), "models"),
+)
+#: Where the standard bundled model lies (the first that exists).
+BUNDLED_MODEL_CANDIDATES = tuple(
+    os.path.join(d, BUNDLED_MODELS["standard"]) for d in BUNDLED_MODEL_DIRS
 )
 #: Tiles per onnxruntime call. Measured twice (docs/speed.md; 4096 x 4096, 2 cores, I/O
 #: threads, no spinning): 8 tiles take 3.5 % and 7 % less time than 4; 16 tiles were 8 % faster
@@ -56,9 +68,19 @@ class Cancelled(PipelineError):  # noqa: N818 (a request, not an error)
     """The caller asked to stop; nothing was written."""
 
 
-def bundled_model_path() -> str | None:
-    """The model shipped with the plugin, or ``None`` when this build bundles none."""
-    return next((p for p in BUNDLED_MODEL_CANDIDATES if os.path.isfile(p)), None)
+def bundled_model_path(name: str = "standard") -> str | None:
+    """The bundled model ``name`` (:data:`BUNDLED_MODELS`), or ``None`` when this build bundles
+    none by that name."""
+    if name not in BUNDLED_MODELS:
+        raise ParameterError(
+            f"Unknown bundled model {name!r} (BUNDLED_MODEL, --bundled-model): use one of "
+            f"{', '.join(BUNDLED_MODELS)}."
+        )
+    if name == "standard":
+        candidates = BUNDLED_MODEL_CANDIDATES
+    else:
+        candidates = tuple(os.path.join(d, BUNDLED_MODELS[name]) for d in BUNDLED_MODEL_DIRS)
+    return next((p for p in candidates if os.path.isfile(p)), None)
 
 
 @functools.lru_cache(maxsize=4)
@@ -89,6 +111,8 @@ class MaskRequest:
     radiometry: radiometry.Radiometry = radiometry.Radiometry.AUTOMATIC
     #: one ONNX file, or several (an ensemble: probabilities averaged); None: the bundled model
     model: str | os.PathLike | list[str] | tuple[str, ...] | None = None
+    #: which bundled model runs when ``model`` is None: "standard" or "fast" (BUNDLED_MODELS)
+    bundled: str = "standard"
     #: one weight per model of an ensemble (None: equal weights)
     weights: list[float] | tuple[float, ...] | None = None
     #: test-time augmentation: a :class:`tta.TTA`, its index or name ("none", "flips", "d8")
@@ -303,20 +327,29 @@ def check_outputs(request: MaskRequest) -> None:
         )
 
 
-def _model_paths(model: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """The ONNX files asked for (the bundled one when none)."""
+def _model_paths(
+    model: str | list[str] | tuple[str, ...] | None, bundled: str = "standard"
+) -> list[str]:
+    """The ONNX files asked for (the bundled model ``bundled`` when none)."""
     single = isinstance(model, (str, os.PathLike))
     paths = [model] if single else list(model or [])
     paths = [os.fspath(p).strip() for p in paths if p is not None and os.fspath(p).strip()]
+    path = bundled_model_path(bundled)  # also refuses an unknown name
     if paths:
+        if bundled != "standard":
+            raise ParameterError(
+                f"Both model files (MODEL, --model) and the {bundled} bundled model "
+                "(BUNDLED_MODEL, --bundled-model) were chosen: choose one of them."
+            )
         return paths
-    bundled = bundled_model_path()
-    if not bundled:
+    if not path:
+        what = "trained cloud model is" if bundled == "standard" else f"{bundled} model is"
         raise PipelineError(
-            "No trained cloud model is bundled with this version of the plugin. Choose an "
-            "ONNX model file in the 'ONNX model' (MODEL) parameter (command line: --model)."
+            f"No {what} bundled with this version of the plugin "
+            f"(models/{BUNDLED_MODELS[bundled]}). Choose an ONNX model file in the "
+            "'ONNX model' (MODEL) parameter (command line: --model)."
         )
-    return [bundled]
+    return [path]
 
 
 def load_model(
@@ -324,14 +357,15 @@ def load_model(
     threads: int | None = None,
     weights: list[float] | tuple[float, ...] | None = None,
     device: str = "auto",
+    bundled: str = "standard",
 ) -> Ensemble:
     """The model (or the ensemble of models) a run uses: ``model`` is a path, a list of paths,
-    or ``None`` for the bundled model."""
+    or ``None`` for the bundled model named ``bundled``."""
     if device not in DEVICES:
         raise ParameterError(
             f"Unknown device {device!r} (--device): use one of {', '.join(DEVICES)}."
         )
-    paths = _model_paths(model)
+    paths = _model_paths(model, bundled)
     if weights and len(weights) != len(paths):
         raise ParameterError(
             f"{len(weights)} model weight(s) were given for {len(paths)} model(s) (MODEL / "
@@ -354,7 +388,9 @@ def resolve(request: MaskRequest) -> Resolved:
     except raster_io.RasterError as exc:
         raise PipelineError(str(exc)) from exc
     info = source.info
-    model = load_model(request.model, request.threads, request.weights, request.device)
+    model = load_model(
+        request.model, request.threads, request.weights, request.device, request.bundled
+    )
     mi = model.info
     try:
         augmentation = tta.parse(request.tta)

@@ -207,6 +207,8 @@ def test_failure_exits_1_with_the_message_and_no_file(tmp_path, pixel_model):
         ("--weight", "2", "--weight", "1"),  # two weights, one model
         ("--histogram-matching",),  # the test model has no reference quantiles
         ("--device", "gpu"),  # auto or cpu
+        ("--bundled-model", "turbo"),  # standard or fast
+        ("--bundled-model", "fast"),  # and --model: which one?
     ],
 )
 def test_bad_usage_exits_2(s2, tmp_path, pixel_model, args):

@@ -247,3 +247,44 @@ def test_histogram_matching_each_member_of_an_ensemble_to_its_own_reference(src,
     _, _, p1 = run(src, tmp_path, name="b", model=models[1], histogram_matching=True)
     np.testing.assert_allclose(prob, (p0 + p1) / 2, atol=1e-5)
     assert np.abs(p0 - p1).max() > 0.05
+
+
+# -- the fast bundled model (int8) -----------------------------------------------------------
+
+
+def test_the_fast_bundled_model_is_the_int8_network_and_agrees_with_the_standard_one(
+    src, tmp_path
+):
+    """BUNDLED_MODEL 'fast' runs models/cloudmask-int8.onnx: the standard network quantized,
+    so on the same scene its probabilities stay close (make quantize measured a mean |dp| of
+    0.005 and 0.5 % of pixels across the threshold on the validation crops)."""
+    fast_path = pipeline.bundled_model_path("fast")
+    if fast_path is None or pipeline.bundled_model_path() is None:
+        pytest.skip("this build bundles no model")
+    fast, fast_mask, fast_prob = run(src, tmp_path, name="fast", bundled="fast")
+    std, std_mask, std_prob = run(src, tmp_path, name="std")
+    assert fast.settings["model"]["reason"] == fast_path
+    assert fast.settings["model"]["value"].endswith("+int8")
+    assert fast.settings["model"]["value"].startswith(std.settings["model"]["value"].split()[0])
+    assert fast.settings["threshold"]["value"] == std.settings["threshold"]["value"]
+    valid = std_mask != 255
+    assert np.array_equal(fast_mask == 255, ~valid)
+    assert np.abs(fast_prob - std_prob)[valid].mean() < 0.03
+    assert (fast_mask != std_mask)[valid].mean() < 0.05
+    assert not np.array_equal(fast_prob, std_prob)  # another network did run
+
+
+def test_the_fast_bundled_model_with_model_files_or_an_unknown_name_is_refused(
+    src, tmp_path, two_models
+):
+    with pytest.raises(pipeline.ParameterError, match="choose one of them"):
+        run(src, tmp_path, model=two_models[0], bundled="fast")
+    with pytest.raises(pipeline.ParameterError, match="Unknown bundled model 'turbo'"):
+        run(src, tmp_path, bundled="turbo")
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_a_build_without_the_fast_model_says_which_file_is_missing(src, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "BUNDLED_MODEL_DIRS", (str(tmp_path / "nowhere"),))
+    with pytest.raises(pipeline.PipelineError, match=r"models/cloudmask-int8\.onnx"):
+        run(src, tmp_path, bundled="fast")
