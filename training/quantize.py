@@ -570,6 +570,18 @@ def _load_text(load: list | None) -> str:
     )
 
 
+#: Where the plugin bundles the int8 model (its "fast" bundled model).
+SHIPPED = REPO_ROOT / "models/cloudmask-int8.onnx"
+
+
+def _shipped(int8: dict) -> str:
+    """Whether the report's int8 model is the one the plugin bundles, in words."""
+    made = Path(int8["path"])
+    if SHIPPED.is_file() and made.is_file() and _sha256(made) == _sha256(SHIPPED):
+        return "shipped as the fast bundled model `models/cloudmask-int8.onnx`"
+    return "not shipped"
+
+
 def markdown(report: dict) -> str:
     """The report's tables as a Markdown section."""
     f32, q8, comp = report["float32"], report["int8"], report["comparison"]
@@ -584,7 +596,7 @@ def markdown(report: dict) -> str:
         + ". "
         f"float32: `{f32['name']} {f32['version']}` ({f32['size_mb']} MB); int8: "
         f"`{q8['model_name']} {q8['model_version']}` ({q8['size_mb']} MB, "
-        f"`runs/quantize/cloudmask-int8.onnx`, not shipped).",
+        f"`runs/quantize/cloudmask-int8.onnx`, {_shipped(q8)}).",
         "",
         f"Calibration: {cal['tiles']} tiles of {cal['tile_size']} px from "
         f"{len(cal['scenes'])} scenes of the training split (real imagery, no synthetic clouds; "

@@ -53,6 +53,7 @@ def test_zip_holds_plugin_metadata_and_licence_under_one_folder(tmp_path):
     assert general["qgisMinimumVersion"] == "3.22" and general["hasProcessingProvider"] == "yes"
     if (package.REPO / "models" / "cloudmask.onnx").is_file():
         assert "qgis_cloudmask/models/cloudmask.onnx" in names
+        assert "qgis_cloudmask/models/cloudmask-int8.onnx" in names
     assert "README.md" in general["about"]
     with zipfile.ZipFile(zip_path) as zf:
         readme = zf.read("qgis_cloudmask/README.md").decode()

@@ -252,9 +252,7 @@ def test_histogram_matching_each_member_of_an_ensemble_to_its_own_reference(src,
 # -- the fast bundled model (int8) -----------------------------------------------------------
 
 
-def test_the_fast_bundled_model_is_the_int8_network_and_agrees_with_the_standard_one(
-    src, tmp_path
-):
+def test_the_fast_bundled_model_is_the_int8_network_and_agrees_with_the_standard_one(src, tmp_path):
     """BUNDLED_MODEL 'fast' runs models/cloudmask-int8.onnx: the standard network quantized,
     so on the same scene its probabilities stay close (make quantize measured a mean |dp| of
     0.005 and 0.5 % of pixels across the threshold on the validation crops)."""

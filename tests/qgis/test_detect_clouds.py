@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import QgsProcessingFeedback
+from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from tests.support import synthetic
 
@@ -324,3 +324,39 @@ def test_the_execution_provider_is_named_and_cpu_can_be_forced(run_alg, scene, t
     expected = "device cpu: CPU only" if force_cpu else "device auto: this onnxruntime has no GPU"
     assert setting["reason"].startswith(expected)
     assert_matches(mask, prob, scene[0])
+
+
+@pytest.mark.parametrize("value", [1, "fast"])
+def test_the_fast_bundled_model_runs_when_chosen(run_alg, scene, tmp_path, value):
+    from qgis_cloudmask import pipeline
+
+    if pipeline.bundled_model_path("fast") is None:
+        pytest.skip("this build bundles no fast model")
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    res = run_alg(
+        {"INPUT": src, "MODEL": None, "BUNDLED_MODEL": value, "OUTPUT": str(tmp_path / "m.tif")}
+    )
+    assert res["MODEL_NAME"].endswith("+int8")
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        (2, "BUNDLED_MODEL"),
+        ("turbo", "BUNDLED_MODEL"),
+        ("fast", "choose one of them"),  # with MODEL files
+    ],
+)
+def test_a_bad_bundled_model_choice_is_refused(run_alg, scene, tmp_path, pixel_model, value, words):
+    src = synthetic.write_geotiff(tmp_path / "s2.tif", scene)
+    with pytest.raises(QgsProcessingException) as info:
+        run_alg(
+            {
+                "INPUT": src,
+                "BUNDLED_MODEL": value,
+                "MODEL": [str(pixel_model)],
+                "OUTPUT": str(tmp_path / "m.tif"),
+            }
+        )
+    assert words in str(info.value)
+    assert not (tmp_path / "m.tif").exists()

@@ -161,6 +161,7 @@ def test_everyday_parameters_first_technical_ones_advanced(cloudmask_provider):
         "BATCH_SIZE",
         "TTA",
         "HISTOGRAM_MATCHING",
+        "BUNDLED_MODEL",
         "MODEL",
         "WEIGHTS",
         "FORCE_CPU",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = "qgis_cloudmask"
-MODEL_FILES = ("cloudmask.onnx", "MODEL_CARD.md", "CHANGELOG.md")
+MODEL_FILES = ("cloudmask.onnx", "cloudmask-int8.onnx", "MODEL_CARD.md", "CHANGELOG.md")
 
 
 def plugin_version() -> str:
