@@ -36,7 +36,9 @@ def test_the_bench_runs_every_section_on_small_rasters(tmp_path):
             "--batch-scenes",
             "2x256",
             "--big",
-            "none",
+            "256x288",
+            "--full",
+            "256x288",
             "--int8",
             str(tmp_path / "absent.onnx"),
             "--workdir",
@@ -65,6 +67,13 @@ def test_the_bench_runs_every_section_on_small_rasters(tmp_path):
         "goal pipeline >= 0.9 of the ideal",
         "bare model: median",
         "batch runner: 2 scenes",
+        "fast model (int8)",
+        "256x288 fast (int8)",
+        "256x288 uncompressed",
+        "256x288 uncompr. fast",
+        "goal full tile under 15 s: ",
+        "goal full tile under 15 s, fast model, uncompressed input",
+        "goal full tile peak RSS under 500 MB",
     ):
         assert text in out, f"{text!r} missing from:\n{out}"
     text = page.read_text()  # the printed tables, between the markers, the rest kept
