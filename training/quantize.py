@@ -53,7 +53,7 @@ import numpy as np
 import onnx
 
 from qgis_cloudmask.core import contract, inference
-from qgis_cloudmask.core.model import CloudModel
+from qgis_cloudmask.core.model import BUNDLED_MODELS, CloudModel
 from training import config as config_mod
 from training import datasets, evaluate, experiment
 from training.config import REPO_ROOT, Config
@@ -571,14 +571,14 @@ def _load_text(load: list | None) -> str:
 
 
 #: Where the plugin bundles the int8 model (its "fast" bundled model).
-SHIPPED = REPO_ROOT / "models/cloudmask-int8.onnx"
+SHIPPED = REPO_ROOT / "models" / BUNDLED_MODELS["fast"]
 
 
 def _shipped(int8: dict) -> str:
     """Whether the report's int8 model is the one the plugin bundles, in words."""
     made = Path(int8["path"])
     if SHIPPED.is_file() and made.is_file() and _sha256(made) == _sha256(SHIPPED):
-        return "shipped as the fast bundled model `models/cloudmask-int8.onnx`"
+        return f"shipped as the fast bundled model `models/{SHIPPED.name}`"
     return "not shipped"
 
 

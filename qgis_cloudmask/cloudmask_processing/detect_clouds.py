@@ -61,7 +61,8 @@ class _FeedbackReporter(pipeline.Reporter):
         return self.feedback.isCanceled()
 
 
-#: BUNDLED_MODEL's options, in order: name (pipeline.MaskRequest.bundled) -> label.
+#: BUNDLED_MODEL's option labels by name (pipeline.MaskRequest.bundled); the options are in
+#: the order of pipeline.BUNDLED_MODELS.
 BUNDLED_LABELS = {
     "standard": "Standard (float32)",
     "fast": "Fast (int8, about 1.7x faster on a CPU)",
@@ -259,7 +260,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterEnum(
                 self.BUNDLED_MODEL,
                 self.tr("Bundled model (when no ONNX model is given)"),
-                options=[self.tr(label) for label in BUNDLED_LABELS.values()],
+                options=[self.tr(BUNDLED_LABELS[name]) for name in pipeline.BUNDLED_MODELS],
                 defaultValue=0,
             ),
             QgsProcessingParameterMultipleLayers(
@@ -472,8 +473,9 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
         if kind == "weights":
             return "numbers greater than 0 separated by commas, one per model of MODEL (e.g. 2, 1)"
         if kind == "bundled":
-            models = "; ".join(f"{i} = {label}" for i, label in enumerate(BUNDLED_LABELS.values()))
-            return f"one of {models} (or the name {', '.join(BUNDLED_LABELS)})"
+            names = list(pipeline.BUNDLED_MODELS)
+            models = "; ".join(f"{i} = {BUNDLED_LABELS[name]}" for i, name in enumerate(names))
+            return f"one of {models} (or the name {', '.join(names)})"
         if kind == "radiometry":
             modes = "; ".join(
                 f"{int(mode)} = {radiometry.LABELS[mode]}" for mode in radiometry.Radiometry
@@ -536,7 +538,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             if kind == "tta":
                 return tta.TTA(self.parameterAsEnum(parameters, key, context))
             if kind == "bundled":
-                return list(BUNDLED_LABELS)[self.parameterAsEnum(parameters, key, context)]
+                return list(pipeline.BUNDLED_MODELS)[self.parameterAsEnum(parameters, key, context)]
             whole = kind not in ("probability", "metres")
             getter = self.parameterAsInt if whole else self.parameterAsDouble
             return getter(parameters, key, context)
@@ -548,7 +550,7 @@ class DetectCloudsAlgorithm(QgsProcessingAlgorithm):
             except (ValueError, TypeError):
                 self._refuse(key, value, parameters, context)
         if kind == "bundled":
-            names = list(BUNDLED_LABELS)
+            names = list(pipeline.BUNDLED_MODELS)
             if isinstance(value, str) and value.strip().lower() in names:
                 return value.strip().lower()
             number = _number(value)

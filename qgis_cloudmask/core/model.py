@@ -82,13 +82,14 @@ PREFERRED_PROVIDERS = (
 #: machine, batch 8, 3.47 s against 3.52 s, within noise (docs/speed.md).
 SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 
-#: ``device`` values: "auto" = the first of :data:`PREFERRED_PROVIDERS` this onnxruntime
-#: offers (a GPU build: onnxruntime-gpu, -directml, CoreML on macOS), "cpu" = CPU only.
 #: The models the plugin bundles, by name (file names in ``models/``): the standard model
 #: (float32) and the same network quantized to int8 (``make quantize``: about 1.7 times faster
 #: on a CPU, the same IoU on the dev chips, 0.1 points more false positives on clear scenes;
-#: docs/speed.md).
+#: docs/speed.md). Their order is BUNDLED_MODEL's in the Processing algorithm.
 BUNDLED_MODELS = {"standard": "cloudmask.onnx", "fast": "cloudmask-int8.onnx"}
+
+#: ``device`` values: "auto" = the first of :data:`PREFERRED_PROVIDERS` this onnxruntime
+#: offers (a GPU build: onnxruntime-gpu, -directml, CoreML on macOS), "cpu" = CPU only.
 DEVICES = ("auto", "cpu")
 
 

@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from qgis_cloudmask.core.model import BUNDLED_MODELS
+
 REPO = Path(__file__).resolve().parents[2]
-BUNDLED = REPO / "models" / "cloudmask.onnx"
+BUNDLED = REPO / "models" / BUNDLED_MODELS["standard"]
 
 DEFAULT_SIZES = "1024x1024,2048x1024,4096x1024,4096x2048"
 #: HxW: 200000 px wide (the case where memory used to grow), 200000 px tall, a Sentinel-2 tile
@@ -64,7 +66,7 @@ def peak_rss_mb() -> float:
 
 
 #: The fast bundled model (int8) and the options of a mask-only run with it.
-BUNDLED_FAST = REPO / "models" / "cloudmask-int8.onnx"
+BUNDLED_FAST = REPO / "models" / BUNDLED_MODELS["fast"]
 FAST_MASK = {"probability": False, "bundled": "fast"}
 
 
