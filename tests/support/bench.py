@@ -572,7 +572,7 @@ def main() -> int:
     parser.add_argument(
         "--int8",
         type=Path,
-        default=REPO / "models" / "cloudmask-int8.onnx",
+        default=BUNDLED_FAST,
         help="int8 model (default: the fast bundled model), compared when it exists",
     )
     parser.add_argument(

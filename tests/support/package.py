@@ -9,9 +9,12 @@ import re
 import zipfile
 from pathlib import Path
 
+from qgis_cloudmask.core.model import BUNDLED_MODELS
+
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = "qgis_cloudmask"
-MODEL_FILES = ("cloudmask.onnx", "cloudmask-int8.onnx", "MODEL_CARD.md", "CHANGELOG.md")
+#: every bundled model, and its card and changelog
+MODEL_FILES = (*BUNDLED_MODELS.values(), "MODEL_CARD.md", "CHANGELOG.md")
 
 
 def plugin_version() -> str:
