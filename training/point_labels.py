@@ -359,6 +359,9 @@ def collect(cfg: Config, exp: PointLabelsConfig) -> list[dict]:
             "best_epoch": best.get("epoch"),
             "epochs": len(history),
             "train_seconds": sum(r.get("seconds", 0.0) for r in history),
+            # median epoch x epochs: a run's cost on a quiet machine; the wall sum above also
+            # counts hours when the machine was suspended between sessions or shared
+            "typical_seconds": typical_seconds(history),
         }
         ev_file = run_dir / "evidence.json"
         if ev_file.is_file():
@@ -378,6 +381,13 @@ def collect(cfg: Config, exp: PointLabelsConfig) -> list[dict]:
             )
         out.append(rec)
     return out
+
+
+def typical_seconds(history: list[dict]) -> float:
+    """A run's training time without its outliers: the median epoch's seconds times the number
+    of epochs (the wall sum also counts suspended or shared hours)."""
+    secs = [r["seconds"] for r in history if r.get("seconds") is not None]
+    return float(np.median(secs)) * len(history) if secs else 0.0
 
 
 def _stats(values: list) -> tuple[float, float, int] | None:
@@ -411,13 +421,13 @@ def aggregate(records: list[dict], exp: PointLabelsConfig) -> dict[Setting, dict
         recs = [r for r in records if r["setting"] == s]
         out[s] = {k: _stats([r.get(k) for r in recs]) for k in AGG_COLUMNS}
         out[s]["seeds"] = sorted(r["seed"] for r in recs)
-        out[s]["minutes"] = _stats([r["train_seconds"] / 60 for r in recs])
+        out[s]["minutes"] = _stats([r["typical_seconds"] / 60 for r in recs])
     return out
 
 
 def aggregate_table(agg: dict[Setting, dict], exp: PointLabelsConfig) -> str:
     head = ["points per crop", "focal γ", "seeds"] + [h for h, _ in AGG_COLUMNS.values()]
-    head.append("minutes per run")
+    head.append("minutes per run (median epoch × epochs)")
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---|" + "---:|" * (len(head) - 3)]
     for s, a in agg.items():
         seeds = ", ".join(map(str, a["seeds"])) or "pending"
@@ -562,6 +572,7 @@ def _pick(records: list[dict], dense: bool) -> dict | None:
 def setup_text(cfg: Config, exp: PointLabelsConfig, records: list[dict]) -> str:
     t, d, m = cfg.train, cfg.data, cfg.model
     minutes = sum(r["train_seconds"] for r in records) / 60
+    typical = sum(r["typical_seconds"] for r in records) / 60
     checks = sum(r.get("evidence_seconds", 0.0) for r in records) / 60
     n_runs = len(settings(exp)) * len(exp.seeds)
     return "\n".join(
@@ -580,9 +591,10 @@ def setup_text(cfg: Config, exp: PointLabelsConfig, records: list[dict]) -> str:
             f"- Validation: {d.val_crops_per_scene} fixed crops per validation scene (half "
             "with synthetic clouds), dense soft targets; dev chips not evaluated during "
             f"training (`dev_select: {d.dev_select}`).",
-            f"- Finished runs: {len(records)} of {n_runs}; training time so far "
-            f"{minutes:.0f} min, export + final checks {checks:.0f} min "
-            f"({evaluate_machine()}).",
+            f"- Finished runs: {len(records)} of {n_runs}; training wall time so far "
+            f"{minutes:.0f} min ({typical:.0f} min as median epoch × epochs: the wall time "
+            "also counts hours when the machine was suspended between sessions or shared with "
+            f"other jobs), export + final checks {checks:.0f} min ({evaluate_machine()}).",
         ]
     )
 

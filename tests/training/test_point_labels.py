@@ -199,8 +199,15 @@ def _fake_records(means: dict) -> list[dict]:
     for s in point_labels.settings(exp):
         m = means[(s.points_label, s.gamma)]
         for seed, d in ((0, -0.005), (1, 0.005)):
-            out.append({"setting": s, "seed": seed, "val_iou": m + d, "train_seconds": 60})
+            rec = {"setting": s, "seed": seed, "val_iou": m + d, "train_seconds": 60}
+            out.append(rec | {"typical_seconds": 50.0})
     return out
+
+
+def test_typical_time_ignores_an_epoch_spent_suspended():
+    history = [{"seconds": 40.0}, {"seconds": 3326.1}, {"seconds": 42.0}, {"seconds": 41.0}]
+    assert point_labels.typical_seconds(history) == pytest.approx(4 * 41.5)
+    assert point_labels.typical_seconds([]) == 0.0
 
 
 def test_the_verdict_checks_each_part_of_the_hypothesis():
