@@ -746,13 +746,15 @@ COLUMNS = {
     "s2_recall": "S2 recall",
     "landsat_iou": "Landsat IoU",
     "clear_fp": "clear-scene FP %",
-    "training_hours": "training h",
+    "training_hours": "training h (median epoch x epochs)",
 }
 
 
 def _hours(run_dir: Path) -> float:
+    from training import experiment
+
     history = json.loads((Path(run_dir) / "metrics.json").read_text())
-    return sum(r.get("seconds", 0.0) for r in history) / 3600
+    return experiment.training_seconds(history)[1] / 3600
 
 
 def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
@@ -803,7 +805,7 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
             core_mp_s=speed[name]["mp_per_s"],
             training_hours=_hours(cfg.run_dir),
         )
-    search_hours = sum(r.get("seconds", 0.0) for r in history) / 3600
+    search_wall, search_typical = (s / 3600 for s in experiment.training_seconds(history))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     d, b = rows[DERIVED], rows[BASELINE]
 
@@ -818,7 +820,9 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
             f"steps x {exp.baseline.train.batch_size} crops of {exp.baseline.data.crop} px, seed "
             f"{exp.baseline.train.seed}, checkpoint `{exp.baseline.export.checkpoint}` by "
             f"validation-split IoU, threshold {exported[BASELINE]['threshold']}. Search: "
-            f"{len(history) - 1} epochs, {search_hours:.2f} h. 'core MP/s': tiled inference "
+            f"{len(history) - 1} epochs, {search_typical:.2f} h as median epoch x epochs "
+            f"({search_wall:.2f} h wall: it also counts suspended or shared hours). Training h "
+            "likewise. 'core MP/s': tiled inference "
             "of the loaded model on the labelled chips in memory, both models interleaved; "
             "'end-to-end MP/s': `pipeline.run` with files (make evaluate's code path).",
             "",
@@ -854,7 +858,8 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
         "generated": stamp,
         "settings": dataclasses.asdict(s),
         "genotype": genotype,
-        "search_hours": search_hours,
+        "search_hours": search_typical,
+        "search_wall_hours": search_wall,
         "rows": rows,
         "core_throughput": speed,
         "exported": exported,

@@ -64,6 +64,17 @@ class Evidence:
         return dict(self.__dict__)
 
 
+def training_seconds(history: list[dict]) -> tuple[float, float]:
+    """A run's training time from its ``metrics.json`` rows: (wall sum of the epochs' seconds,
+    median epoch x epochs). The second is what the run costs on a quiet machine: the wall sum
+    also counts hours when the machine was suspended between sessions or shared with other
+    jobs, which inflate single epochs by up to an hour."""
+    secs = [float(r["seconds"]) for r in history if r.get("seconds") is not None]
+    if not secs:
+        return 0.0, 0.0
+    return float(sum(secs)), float(np.median(secs)) * len(secs)
+
+
 def final_check(
     model: Path, data_root: Path, split_dir: Path | None = None, repeats: int = 1
 ) -> evaluate.Evaluation:

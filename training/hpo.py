@@ -560,6 +560,17 @@ def _fmt(value: Any) -> str:
 
 
 def _minutes(t) -> float | None:
+    """A trial's training minutes as median epoch x epochs (from its ``metrics.json``; the wall
+    clock also counts hours when the machine was suspended or shared), else its wall time."""
+    from training import experiment
+
+    history = _history(Path(t.user_attrs["run_dir"])) if "run_dir" in t.user_attrs else []
+    if history:
+        return experiment.training_seconds(history)[1] / 60
+    return _wall_minutes(t)
+
+
+def _wall_minutes(t) -> float | None:
     if t.datetime_start and t.datetime_complete:
         return (t.datetime_complete - t.datetime_start).total_seconds() / 60
     return None
@@ -568,7 +579,9 @@ def _minutes(t) -> float | None:
 def trials_table(study) -> str:
     keys = ("lr", "weight_decay", "loss", "synthetic_fraction", "decoder_width", "encoder")
     lines = [
-        "| trial | state | val IoU | epochs | minutes | " + " | ".join(keys) + " |",
+        "| trial | state | val IoU | epochs | minutes (median epoch x epochs) | "
+        + " | ".join(keys)
+        + " |",
         "|---:|---|---:|---:|---:|" + "---|" * len(keys),
     ]
     best = study.best_trial.number if _complete_trials(study) else None
@@ -600,7 +613,8 @@ def setup_text(cfg: Config, hcfg: HpoConfig, study) -> str:
     from training import evaluate
 
     trials = study.trials
-    minutes = sum(m for m in (_minutes(t) for t in trials) if m is not None)
+    minutes = sum(m for m in (_wall_minutes(t) for t in trials) if m is not None)
+    typical = sum(m for m in (_minutes(t) for t in trials) if m is not None)
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
@@ -631,7 +645,9 @@ def setup_text(cfg: Config, hcfg: HpoConfig, study) -> str:
             f"- Trial budget: {_budget(hcfg.trial, cfg)}.",
             f"- Retrain budget (both arms): {_budget(hcfg.retrain, cfg)}.",
             f"- Hardware: {evaluate.machine()}; search wall time so far {minutes:.0f} min "
-            f"({minutes / 60:.1f} h).",
+            f"({minutes / 60:.1f} h; {typical / 60:.1f} h as median epoch x epochs of every "
+            "trial: the wall clock also counts hours when the machine was suspended between "
+            "sessions or shared with other jobs).",
         ]
     )
 
@@ -690,7 +706,7 @@ def results_text(cfg, hcfg, summary, data_root: Path, page: Path, figures_dir: P
         )
         evidence[arm] = ev
         history = _history(Path(entry["run_dir"]))
-        seconds[arm] = sum(r.get("seconds", 0) for r in history)
+        seconds[arm] = experiment.training_seconds(history)
         rows.append(
             experiment.table_row(
                 labels[arm],
@@ -723,8 +739,9 @@ def results_text(cfg, hcfg, summary, data_root: Path, page: Path, figures_dir: P
         "not used by the search or the retrain; they are the final check (`make evaluate`'s "
         "code path, threshold "
         f"{acfg.train.threshold if acfg.export.threshold is None else acfg.export.threshold}). "
-        f"Retrain wall time: best {seconds['best'] / 60:.0f} min, default "
-        f"{seconds['default'] / 60:.0f} min.",
+        "Retrain time as median epoch x epochs (wall clock, which also counts suspended or "
+        f"shared hours): best {seconds['best'][1] / 60:.0f} min ({seconds['best'][0] / 60:.0f}),"
+        f" default {seconds['default'][1] / 60:.0f} min ({seconds['default'][0] / 60:.0f}).",
     ]
     for arm in ARMS:
         figs = evidence[arm].figures

@@ -343,6 +343,8 @@ def _best_row(run_dir: Path) -> dict:
 def collect(cfg: Config, exp: PointLabelsConfig) -> list[dict]:
     """One record per finished run: setting, seed, the selected epoch's validation row, the
     final check (when evidence exists) and the training time."""
+    from training import experiment
+
     out = []
     for setting, seed, run_dir in run_dirs(cfg, exp):
         if not (run_dir / "DONE").is_file():
@@ -358,11 +360,8 @@ def collect(cfg: Config, exp: PointLabelsConfig) -> list[dict]:
             "val_f1": best.get("val_f1"),
             "best_epoch": best.get("epoch"),
             "epochs": len(history),
-            "train_seconds": sum(r.get("seconds", 0.0) for r in history),
-            # median epoch x epochs: a run's cost on a quiet machine; the wall sum above also
-            # counts hours when the machine was suspended between sessions or shared
-            "typical_seconds": typical_seconds(history),
         }
+        rec["train_seconds"], rec["typical_seconds"] = experiment.training_seconds(history)
         ev_file = run_dir / "evidence.json"
         if ev_file.is_file():
             cached = json.loads(ev_file.read_text())
@@ -381,13 +380,6 @@ def collect(cfg: Config, exp: PointLabelsConfig) -> list[dict]:
             )
         out.append(rec)
     return out
-
-
-def typical_seconds(history: list[dict]) -> float:
-    """A run's training time without its outliers: the median epoch's seconds times the number
-    of epochs (the wall sum also counts suspended or shared hours)."""
-    secs = [r["seconds"] for r in history if r.get("seconds") is not None]
-    return float(np.median(secs)) * len(history) if secs else 0.0
 
 
 def _stats(values: list) -> tuple[float, float, int] | None:

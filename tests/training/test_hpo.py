@@ -233,5 +233,6 @@ def test_report_writes_history_importances_trials_and_best_vs_default(setup, ret
     assert "PedAnovaImportanceEvaluator" in text
     assert "| TPE best (trial" in text and "| default recipe |" in text
     assert "| trial | state | val IoU |" in text
+    assert "Retrain time as median epoch x epochs" in text and "median epoch x epochs of" in text
     hpo.report(cfg, hcfg, data_root)  # sections replaced, not appended
     assert page.read_text().count("BEGIN hpo-results") == 1

@@ -189,6 +189,17 @@ def test_selection_on_the_validation_split_ignores_the_dev_chips():
         train.selection_key(row, "test")
 
 
+def test_training_time_ignores_an_epoch_spent_suspended():
+    from training import experiment
+
+    # a session suspended mid-epoch: the wall sum counts the hour, median x epochs does not;
+    # rows without seconds (the DARTS search's epoch-0 alphas) are not epochs
+    history = [{"epoch": 0}, {"seconds": 40.0}, {"seconds": 3326.1}, {"seconds": 42.0}]
+    history.append({"seconds": 41.0})
+    assert experiment.training_seconds(history) == pytest.approx((3449.1, 4 * 41.5))
+    assert experiment.training_seconds([]) == (0.0, 0.0)
+
+
 def test_experiment_evidence_writes_the_three_figures_and_the_final_check(
     tiny_cfg, trained, exported, data_root, tmp_path
 ):

@@ -204,12 +204,6 @@ def _fake_records(means: dict) -> list[dict]:
     return out
 
 
-def test_typical_time_ignores_an_epoch_spent_suspended():
-    history = [{"seconds": 40.0}, {"seconds": 3326.1}, {"seconds": 42.0}, {"seconds": 41.0}]
-    assert point_labels.typical_seconds(history) == pytest.approx(4 * 41.5)
-    assert point_labels.typical_seconds([]) == 0.0
-
-
 def test_the_verdict_checks_each_part_of_the_hypothesis():
     _, exp = point_labels.load(FULL)
     means = {
