@@ -821,8 +821,8 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
             f"{exp.baseline.train.seed}, checkpoint `{exp.baseline.export.checkpoint}` by "
             f"validation-split IoU, threshold {exported[BASELINE]['threshold']}. Search: "
             f"{len(history) - 1} epochs, {search_typical:.2f} h as median epoch x epochs "
-            f"({search_wall:.2f} h wall: it also counts suspended or shared hours). Training h "
-            "likewise. 'core MP/s': tiled inference "
+            f"({search_wall:.2f} h wall: {experiment.WALL_CLOCK_NOTE}). Training h likewise. "
+            "'core MP/s': tiled inference "
             "of the loaded model on the labelled chips in memory, both models interleaved; "
             "'end-to-end MP/s': `pipeline.run` with files (make evaluate's code path).",
             "",

@@ -64,11 +64,17 @@ class Evidence:
         return dict(self.__dict__)
 
 
+#: Why the reports give median epoch x epochs beside the wall clock (one wording for all four).
+WALL_CLOCK_NOTE = (
+    "the wall clock also counts hours when the machine was suspended between sessions or "
+    "shared with other jobs"
+)
+
+
 def training_seconds(history: list[dict]) -> tuple[float, float]:
     """A run's training time from its ``metrics.json`` rows: (wall sum of the epochs' seconds,
-    median epoch x epochs). The second is what the run costs on a quiet machine: the wall sum
-    also counts hours when the machine was suspended between sessions or shared with other
-    jobs, which inflate single epochs by up to an hour."""
+    median epoch x epochs). The second is what the run costs on a quiet machine
+    (:data:`WALL_CLOCK_NOTE`: such hours inflate single epochs by up to an hour)."""
     secs = [float(r["seconds"]) for r in history if r.get("seconds") is not None]
     if not secs:
         return 0.0, 0.0

@@ -560,8 +560,8 @@ def _fmt(value: Any) -> str:
 
 
 def _minutes(t) -> float | None:
-    """A trial's training minutes as median epoch x epochs (from its ``metrics.json``; the wall
-    clock also counts hours when the machine was suspended or shared), else its wall time."""
+    """A trial's training minutes as median epoch x epochs (from its ``metrics.json``: see
+    :data:`training.experiment.WALL_CLOCK_NOTE`), else its wall time."""
     from training import experiment
 
     history = _history(Path(t.user_attrs["run_dir"])) if "run_dir" in t.user_attrs else []
@@ -610,7 +610,7 @@ def _budget(overrides: dict, cfg: Config) -> str:
 
 
 def setup_text(cfg: Config, hcfg: HpoConfig, study) -> str:
-    from training import evaluate
+    from training import evaluate, experiment
 
     trials = study.trials
     minutes = sum(m for m in (_wall_minutes(t) for t in trials) if m is not None)
@@ -646,8 +646,7 @@ def setup_text(cfg: Config, hcfg: HpoConfig, study) -> str:
             f"- Retrain budget (both arms): {_budget(hcfg.retrain, cfg)}.",
             f"- Hardware: {evaluate.machine()}; search wall time so far {minutes:.0f} min "
             f"({minutes / 60:.1f} h; {typical / 60:.1f} h as median epoch x epochs of every "
-            "trial: the wall clock also counts hours when the machine was suspended between "
-            "sessions or shared with other jobs).",
+            f"trial: {experiment.WALL_CLOCK_NOTE}).",
         ]
     )
 
@@ -739,9 +738,10 @@ def results_text(cfg, hcfg, summary, data_root: Path, page: Path, figures_dir: P
         "not used by the search or the retrain; they are the final check (`make evaluate`'s "
         "code path, threshold "
         f"{acfg.train.threshold if acfg.export.threshold is None else acfg.export.threshold}). "
-        "Retrain time as median epoch x epochs (wall clock, which also counts suspended or "
-        f"shared hours): best {seconds['best'][1] / 60:.0f} min ({seconds['best'][0] / 60:.0f}),"
-        f" default {seconds['default'][1] / 60:.0f} min ({seconds['default'][0] / 60:.0f}).",
+        "Retrain time as median epoch x epochs (in brackets the wall clock; "
+        f"{experiment.WALL_CLOCK_NOTE}): best {seconds['best'][1] / 60:.0f} min "
+        f"({seconds['best'][0] / 60:.0f}), default {seconds['default'][1] / 60:.0f} min "
+        f"({seconds['default'][0] / 60:.0f}).",
     ]
     for arm in ARMS:
         figs = evidence[arm].figures

@@ -562,6 +562,8 @@ def _pick(records: list[dict], dense: bool) -> dict | None:
 
 
 def setup_text(cfg: Config, exp: PointLabelsConfig, records: list[dict]) -> str:
+    from training import experiment
+
     t, d, m = cfg.train, cfg.data, cfg.model
     minutes = sum(r["train_seconds"] for r in records) / 60
     typical = sum(r["typical_seconds"] for r in records) / 60
@@ -584,9 +586,9 @@ def setup_text(cfg: Config, exp: PointLabelsConfig, records: list[dict]) -> str:
             "with synthetic clouds), dense soft targets; dev chips not evaluated during "
             f"training (`dev_select: {d.dev_select}`).",
             f"- Finished runs: {len(records)} of {n_runs}; training wall time so far "
-            f"{minutes:.0f} min ({typical:.0f} min as median epoch × epochs: the wall time "
-            "also counts hours when the machine was suspended between sessions or shared with "
-            f"other jobs), export + final checks {checks:.0f} min ({evaluate_machine()}).",
+            f"{minutes:.0f} min ({typical:.0f} min as median epoch × epochs: "
+            f"{experiment.WALL_CLOCK_NOTE}), export + final checks {checks:.0f} min "
+            f"({evaluate_machine()}).",
         ]
     )
 
