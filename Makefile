@@ -96,6 +96,7 @@ distill: $(STAMP) ## knowledge distillation: ResNet-34 teacher, small student wi
 	$(PY) -m training.distill teacher --config training/configs/distill.yaml --data-root $(SHARED_DATA)
 	$(PY) -m training.distill student --config training/configs/distill.yaml --data-root $(SHARED_DATA)
 	$(PY) -m training.distill report --config training/configs/distill.yaml --data-root $(SHARED_DATA)
+	$(PY) -m training.distill compare --config training/configs/distill.yaml --data-root $(SHARED_DATA)
 
 hpo: $(STAMP) ## Optuna TPE search (pruned short runs), retrain winner vs default, report (each resumes) -> docs/hyperparameter-optimization.md
 	$(PY) -m training.hpo search --config training/configs/hpo.yaml --data-root $(SHARED_DATA)

@@ -61,6 +61,8 @@ LABELS = {
 }
 REFERENCE = "shipped"
 DOC_KEYS = ("kd-results", "kd-runs", "kd-figures")
+#: the section of ``compare`` (all models at one threshold), written apart from the report
+COMMON_KEY = "kd-common"
 
 
 @dataclass
@@ -323,19 +325,30 @@ def _plot_tradeoff(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = "osD^v<>"
+    for i, r in enumerate(rows):
         if r.get("core_mp_s") is None or r.get("s2_iou") is None:
             continue
-        ax.scatter(r["core_mp_s"], r["s2_iou"], s=30 + 6 * r["size_mb"], alpha=0.6)
-        ax.annotate(
-            f"{r['name']}\n{r['size_mb']:.1f} MB", (r["core_mp_s"], r["s2_iou"]), fontsize=8
+        # a legend, not annotations: models of equal speed and accuracy would hide each other
+        ax.scatter(
+            r["core_mp_s"],
+            r["s2_iou"],
+            s=30 + 6 * r["size_mb"],
+            alpha=0.6,
+            marker=markers[i % len(markers)],
+            label=f"{r['name']}: {r['size_mb']:.1f} MB, threshold {r.get('threshold', '?')}",
         )
     ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.15)
     ax.set_xlabel("CPU megapixels/s through the plugin core (log scale)")
     ax.set_ylabel("cloud IoU, Sentinel-2 dev chips (pooled)")
-    ax.set_title("size (marker area), speed and accuracy")
+    ax.set_title("size (marker area), speed and accuracy, each at its own threshold", fontsize=10)
     ax.grid(alpha=0.3)
+    legend = ax.legend(fontsize=7, loc="best")
+    # equal markers in the legend (matplotlib < 3.7 calls them legendHandles)
+    for handle in getattr(legend, "legend_handles", None) or legend.legendHandles:
+        handle.set_sizes([30])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -360,8 +373,9 @@ COLUMNS = {
 }
 
 
-def _reference_row(path: Path, cfg: Config, data_root: Path) -> dict:
-    """The reference model (the shipped one): size and the final check, no run of ours."""
+def _checked_row(name: str, path: Path, cfg: Config, data_root: Path) -> dict:
+    """The final check of one ONNX file (``make evaluate``'s code path, the file's own
+    threshold): size, threshold, Sentinel-2 and Landsat scores, clear-scene false positives."""
     from qgis_cloudmask.core.model import CloudModel
     from training import evaluate, experiment
 
@@ -370,7 +384,7 @@ def _reference_row(path: Path, cfg: Config, data_root: Path) -> dict:
     clear = summary.get("clear_scenes")
     s2, landsat = summary["pooled"].get("sentinel2", {}), summary["pooled"].get("landsat", {})
     return {
-        "name": f"{REFERENCE} ({Path(path).name}, for reference)",
+        "name": name,
         "size_mb": path.stat().st_size / 1e6,
         "threshold": CloudModel(path).info.threshold,
         "s2_iou": s2.get("iou"),
@@ -379,8 +393,14 @@ def _reference_row(path: Path, cfg: Config, data_root: Path) -> dict:
         "s2_recall": s2.get("recall"),
         "landsat_iou": landsat.get("iou"),
         "clear_fp": clear["pooled_percent"] if clear else None,
+        "clear_fp_max": clear["max_percent"] if clear else None,
         "mp_s": summary["cost"]["mp_per_s"],
     }
+
+
+def _reference_row(path: Path, cfg: Config, data_root: Path) -> dict:
+    """The reference model (the shipped one): size and the final check, no run of ours."""
+    return _checked_row(f"{REFERENCE} ({Path(path).name}, for reference)", path, cfg, data_root)
 
 
 def _signed(value: float | None, digits: int = 3) -> str:
@@ -535,17 +555,112 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     return out
 
 
+#: Columns of the common-threshold table (key -> header).
+COMMON_COLUMNS = {
+    "name": "model",
+    "threshold": "threshold",
+    "s2_iou": "S2 dev IoU",
+    "s2_f1": "S2 F1",
+    "s2_precision": "S2 precision",
+    "s2_recall": "S2 recall",
+    "landsat_iou": "Landsat IoU",
+    "clear_fp": "clear-scene FP % (pooled)",
+    "clear_fp_max": "clear-scene FP % (worst scene)",
+}
+
+
+def compare_at(
+    exp: Experiment, data_root: Path, threshold: float | None = None, progress=print
+) -> dict:
+    """All three runs and the reference model at *one* threshold (default: the reference's).
+
+    The report scores each model at its own threshold (0.5 for ours, the reference's was chosen
+    on the dev chips), which mixes the model with the cut-off. Here each run's selected
+    checkpoint is exported again with ``threshold`` (``<runs_dir>/<run>/<run>@<t>.onnx``,
+    through the contract check) and goes through the same final check as the reference. A
+    comparison at a common cut-off, not a choice: nothing is selected on these figures.
+    Writes the page's ``kd-common`` section and ``<runs_dir>/common_threshold.json``.
+    """
+    from training import experiment, export
+
+    data_root = Path(data_root)
+    s = exp.settings
+    configs = exp.configs()
+    missing = [n for n, c in configs.items() if not finished(c)]
+    if missing:
+        raise SystemExit(f"run(s) not finished: {', '.join(missing)} (train them first)")
+    reference = config_mod.resolve(s.reference_model) if s.reference_model else None
+    if reference is not None and not reference.is_file():
+        reference = None
+    if threshold is None:
+        if reference is None:
+            raise SystemExit("give --threshold: there is no reference model to take it from")
+        from qgis_cloudmask.core.model import CloudModel
+
+        threshold = CloudModel(reference).info.threshold
+    threshold = float(threshold)
+    if not 0.0 < threshold < 1.0:
+        raise SystemExit(f"--threshold must lie strictly between 0 and 1, not {threshold}")
+    rows = []
+    for name, cfg in configs.items():
+        out = cfg.run_dir / f"{name}@{threshold:g}.onnx"
+        ckpt = checkpoint(cfg)
+        if not (out.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime):
+            progress(f"export {name} at threshold {threshold:g} -> {out}")
+            at = dataclasses.replace(
+                cfg, export=dataclasses.replace(cfg.export, threshold=threshold)
+            )
+            export.export(at, ckpt, out, data_root)
+        progress(f"final check of {name} at threshold {threshold:g}")
+        rows.append(_checked_row(LABELS[name], out, cfg, data_root))
+    ref_note = ""
+    if reference is not None:
+        progress(f"final check of the reference {reference}")
+        rows.append(_reference_row(reference, exp.teacher, data_root))
+        own = rows[-1]["threshold"]
+        ref_note = (
+            " (the reference's own)"
+            if own == threshold
+            else f" (the reference stays at its own threshold {own:g}: not the same cut-off)"
+        )
+    from training.evaluate import machine
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join(
+        [
+            f"Generated by `python -m training.distill compare` on {stamp}, {machine()}: our "
+            f"three models exported again at threshold {threshold:g}{ref_note}, through the same "
+            "final check as above (pooled tp/fp/fn/tn through the plugin). A comparison at one "
+            "cut-off, not a choice: nothing is selected on these figures.",
+            "",
+            experiment.results_table(rows, COMMON_COLUMNS),
+        ]
+    )
+    experiment.write_section(config_mod.resolve(s.doc), COMMON_KEY, text)
+    out = {"generated": stamp, "threshold": threshold, "rows": rows}
+    path = config_mod.resolve(exp.teacher.train.runs_dir) / "common_threshold.json"
+    path.write_text(json.dumps(out, indent=2, default=str))
+    progress(f"wrote {config_mod.resolve(s.doc)} and {path}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     from training.train import parse_overrides
 
     parser = argparse.ArgumentParser(description="Knowledge distillation experiment.")
-    parser.add_argument("command", choices=("teacher", "student", "report"))
+    parser.add_argument("command", choices=("teacher", "student", "report", "compare"))
     parser.add_argument(
         "--config", type=Path, default=config_mod.REPO_ROOT / "training/configs/distill.yaml"
     )
     parser.add_argument("--data-root", type=Path, default=config_mod.REPO_ROOT / "../shared/data")
     parser.add_argument(
         "--set", nargs="*", default=[], help="overrides: a.b.c=value (e.g. distill.alpha=0.7)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="compare: the common threshold (default: the reference model's)",
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -556,8 +671,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "student":
         for run_dir in train_students(exp, args.data_root, progress):
             print(f"student run: {run_dir}")
-    else:
+    elif args.command == "report":
         write_report(exp, args.data_root, lambda text: print(text, flush=True))
+    else:
+        compare_at(exp, args.data_root, args.threshold, lambda text: print(text, flush=True))
 
 
 if __name__ == "__main__":

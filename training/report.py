@@ -86,7 +86,7 @@ def plot_pr(curves: dict[str, np.ndarray], path: Path, threshold: float) -> None
     a.set_xlabel("recall")
     a.set_ylabel("precision")
     a.set_title("precision/recall over thresholds 0.05..0.95")
-    b.axvline(threshold, color="grey", ls="--", lw=1, label=f"shipped threshold {threshold}")
+    b.axvline(threshold, color="grey", ls="--", lw=1, label=f"the model's threshold {threshold}")
     b.set_xlabel("threshold")
     b.set_ylabel("cloud IoU")
     for ax in (a, b):

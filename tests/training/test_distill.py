@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qgis_cloudmask.core.model import CloudModel
-from training import config, distill, experiment, losses, train
+from training import config, distill, evaluate, experiment, losses, train
 
 pytestmark = pytest.mark.training
 
@@ -286,3 +286,38 @@ def test_core_throughput_interleaves_models_on_the_same_reflectance(report):
     assert set(speed) == {"teacher", "student"}
     for s in speed.values():
         assert s["mp_per_s"] > 0 and s["megapixels"] == pytest.approx(2 * 240 * 250 / 1e6)
+
+
+def test_compare_scores_every_model_at_one_threshold(tiny, report, data_root):
+    # the tiny reference is the teacher's own export (threshold 0.5): the default takes it
+    out = distill.compare_at(tiny, data_root, progress=lambda text: None)
+    assert out["threshold"] == 0.5
+    assert [r["threshold"] for r in out["rows"]] == [0.5] * 4
+    # another cut-off: our three are exported again with it, the reference keeps its own
+    out = distill.compare_at(tiny, data_root, threshold=0.3, progress=lambda text: None)
+    rows = out["rows"]
+    assert [r["name"] for r in rows[:3]] == [distill.LABELS[n] for n in distill.RUNS]
+    assert [r["threshold"] for r in rows] == [0.3, 0.3, 0.3, 0.5]
+    for name, cfg in tiny.configs().items():
+        exported = CloudModel(cfg.run_dir / f"{name}@0.3.onnx").info
+        assert exported.threshold == 0.3
+    held_out_clear = evaluate.clear_scenes(
+        data_root / "s2_unlabelled", config.resolve(tiny.teacher.data.split_dir)
+    )
+    for r in rows:
+        assert 0.0 <= r["s2_iou"] <= 1.0 and 0.0 <= r["s2_precision"] <= 1.0
+        # clear-scene false positives exactly when a clear scene is held out of training
+        assert (r["clear_fp"] is None) == (not held_out_clear)
+        if held_out_clear:
+            assert r["clear_fp_max"] >= r["clear_fp"] >= 0.0
+    text = config.resolve(tiny.settings.doc).read_text()
+    assert text.count(f"BEGIN {distill.COMMON_KEY}") == 1
+    assert (
+        "exported again at threshold 0.3" in text
+        and "its own threshold 0.5: not the same cut-off" in text
+    )
+    assert json.loads(
+        (config.resolve(tiny.teacher.train.runs_dir) / "common_threshold.json").read_text()
+    )
+    with pytest.raises(SystemExit, match="between 0 and 1"):
+        distill.compare_at(tiny, data_root, threshold=1.0, progress=lambda text: None)
