@@ -282,12 +282,17 @@ def train_students(exp: Experiment, data_root: Path, progress: bool = True) -> l
 # -- the report -------------------------------------------------------------------------------
 
 
-def export_run(cfg: Config, data_root: Path) -> dict:
+def export_run(
+    cfg: Config, data_root: Path, threshold: float | None = None, out: Path | None = None
+) -> dict:
     """ONNX of the run's selected checkpoint through the contract check (skipped when the file
-    is newer than the checkpoint)."""
+    is newer than the checkpoint). ``threshold`` and ``out`` replace the config's
+    ``export.threshold`` and ``export.out``."""
     from training import export
 
-    out = config_mod.resolve(cfg.export.out)
+    if threshold is not None:
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, threshold=threshold))
+    out = Path(out) if out is not None else config_mod.resolve(cfg.export.out)
     ckpt = checkpoint(cfg)
     summary_path = out.with_suffix(".json")
     if out.is_file() and summary_path.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
@@ -295,6 +300,24 @@ def export_run(cfg: Config, data_root: Path) -> dict:
     summary = export.export(cfg, ckpt, out, data_root)
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _finished_configs(exp: Experiment) -> dict[str, Config]:
+    """The three run configs; stops with what to run first when a run is not finished."""
+    configs = exp.configs()
+    missing = [n for n, c in configs.items() if not finished(c)]
+    if missing:
+        raise SystemExit(
+            f"run(s) not finished: {', '.join(missing)} (python -m training.distill teacher / "
+            "student first; they resume)"
+        )
+    return configs
+
+
+def _reference_model(s: DistillSettings) -> Path | None:
+    """The reference model's file (``distill.reference_model``), None when unset or missing."""
+    path = config_mod.resolve(s.reference_model) if s.reference_model else None
+    return path if path is not None and path.is_file() else None
 
 
 def parameters(cfg: Config) -> int:
@@ -449,13 +472,7 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
 
     data_root = Path(data_root)
     s = exp.settings
-    configs = exp.configs()
-    missing = [n for n, c in configs.items() if not finished(c)]
-    if missing:
-        raise SystemExit(
-            f"run(s) not finished: {', '.join(missing)} (python -m training.distill teacher / "
-            "student first; they resume)"
-        )
+    configs = _finished_configs(exp)
     page = config_mod.resolve(s.doc)
     figures = config_mod.resolve(s.figures_dir)
     figures.mkdir(parents=True, exist_ok=True)
@@ -465,8 +482,8 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
         exported[name] = export_run(cfg, data_root)
     onnx = {n: Path(e["path"]) for n, e in exported.items()}
     bench_models = dict(onnx)
-    reference = config_mod.resolve(s.reference_model) if s.reference_model else None
-    if reference is not None and reference.is_file():
+    reference = _reference_model(s)
+    if reference is not None:
         bench_models[REFERENCE] = reference
     progress("core throughput (CloudModel + classify_array, interleaved)")
     inputs = experiment.bench_inputs(exp.teacher, data_root)
@@ -581,17 +598,12 @@ def compare_at(
     comparison at a common cut-off, not a choice: nothing is selected on these figures.
     Writes the page's ``kd-common`` section and ``<runs_dir>/common_threshold.json``.
     """
-    from training import experiment, export
+    from training import experiment
 
     data_root = Path(data_root)
     s = exp.settings
-    configs = exp.configs()
-    missing = [n for n, c in configs.items() if not finished(c)]
-    if missing:
-        raise SystemExit(f"run(s) not finished: {', '.join(missing)} (train them first)")
-    reference = config_mod.resolve(s.reference_model) if s.reference_model else None
-    if reference is not None and not reference.is_file():
-        reference = None
+    configs = _finished_configs(exp)
+    reference = _reference_model(s)
     if threshold is None:
         if reference is None:
             raise SystemExit("give --threshold: there is no reference model to take it from")
@@ -604,13 +616,8 @@ def compare_at(
     rows = []
     for name, cfg in configs.items():
         out = cfg.run_dir / f"{name}@{threshold:g}.onnx"
-        ckpt = checkpoint(cfg)
-        if not (out.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime):
-            progress(f"export {name} at threshold {threshold:g} -> {out}")
-            at = dataclasses.replace(
-                cfg, export=dataclasses.replace(cfg.export, threshold=threshold)
-            )
-            export.export(at, ckpt, out, data_root)
+        progress(f"export {name} at threshold {threshold:g} -> {out}")
+        export_run(cfg, data_root, threshold, out)
         progress(f"final check of {name} at threshold {threshold:g}")
         rows.append(_checked_row(LABELS[name], out, cfg, data_root))
     ref_note = ""
