@@ -87,10 +87,11 @@ shift: $(STAMP) ## shift sensitivity of the model with and without TTA on real s
 report: $(STAMP) ## write docs/training-report.md with its figures
 	$(PY) -m training.report --config training/configs/default.yaml --data-root $(SHARED_DATA)
 
-darts: $(STAMP) ## DARTS search of the decoder, derived net + baseline retrained, ONNX, docs/neural-arch-search.md (each resumes; ~5-6.5 h)
+darts: $(STAMP) ## DARTS search of the decoder, derived net + baseline retrained, ONNX, report + all at one threshold -> docs/neural-arch-search.md (each resumes; ~5-6.5 h)
 	$(PY) -m training.darts search --config training/configs/darts.yaml --data-root $(SHARED_DATA)
 	$(PY) -m training.darts retrain --config training/configs/darts.yaml --data-root $(SHARED_DATA)
 	$(PY) -m training.darts report --config training/configs/darts.yaml --data-root $(SHARED_DATA)
+	$(PY) -m training.darts compare --config training/configs/darts.yaml --data-root $(SHARED_DATA)
 
 distill: $(STAMP) ## knowledge distillation: ResNet-34 teacher, small student without/with KD, report (each resumes; ~5 h) -> docs/knowledge-distillation.md
 	$(PY) -m training.distill teacher --config training/configs/distill.yaml --data-root $(SHARED_DATA)

@@ -3,8 +3,9 @@
     python -m training.darts search  --data-root ../shared/data   (the supernet and its alphas)
     python -m training.darts retrain --data-root ../shared/data   (derived net and baseline)
     python -m training.darts report  --data-root ../shared/data   (export, evidence, the page)
+    python -m training.darts compare --data-root ../shared/data   (all at one threshold)
 
-(``--config`` defaults to ``training/configs/darts.yaml``; ``make darts`` runs all three.)
+(``--config`` defaults to ``training/configs/darts.yaml``; ``make darts`` runs all four.)
 
 The search space (Liu, Simonyan and Yang, 2019, "DARTS"): the shipped network's encoder
 (MobileNetV2 from segmentation-models-pytorch, random weights) and a decoder of *cells*, one per
@@ -59,7 +60,10 @@ ZERO = "none"
 PRIMITIVES = ("none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3")
 SEARCH, DERIVED, BASELINE = "search", "derived", "baseline"
 LABELS = {DERIVED: "DARTS-derived decoder", BASELINE: "baseline (default U-Net recipe)"}
+REFERENCE = "shipped"
 GENOTYPE_FILE = "genotype.json"
+#: the section of ``compare`` (both models and the reference at one threshold)
+COMMON_KEY = "darts-common"
 
 
 @dataclass
@@ -85,6 +89,9 @@ class DartsSettings:
     doc: str = "docs/neural-arch-search.md"
     figures_dir: str = "docs/figures"
     figure_prefix: str = "darts"
+    #: a model measured beside the two (core MP/s, final check at its own threshold, and the
+    #: cut-off of ``compare``); null = none
+    reference_model: str | None = "models/cloudmask.onnx"
 
 
 @dataclass
@@ -623,21 +630,39 @@ def export_derived(cfg: Config, ckpt_path: Path, out: Path, data_root: Path | No
     )
 
 
-def export_run(name: str, cfg: Config, data_root: Path) -> dict:
-    """ONNX of a run's selected checkpoint (skipped when newer than the checkpoint)."""
+def _exporter(name: str, data_root: Path | None):
     from training import export
 
-    out = config_mod.resolve(cfg.export.out)
-    ckpt = checkpoint(cfg)
-    summary_path = out.with_suffix(".json")
-    if out.is_file() and summary_path.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
-        return json.loads(summary_path.read_text())
     if name == DERIVED:
-        summary = export_derived(cfg, ckpt, out, data_root)
-    else:
-        summary = export.export(cfg, ckpt, out, data_root)
-    summary_path.write_text(json.dumps(summary, indent=2))
-    return summary
+        return lambda cfg, ckpt, out: export_derived(cfg, ckpt, out, data_root)
+    return lambda cfg, ckpt, out: export.export(cfg, ckpt, out, data_root)
+
+
+def export_run(
+    name: str,
+    cfg: Config,
+    data_root: Path,
+    threshold: float | None = None,
+    out: Path | None = None,
+) -> dict:
+    """ONNX of a run's selected checkpoint (:func:`training.experiment.cached_export`: skipped
+    when newer than the checkpoint; ``threshold`` and ``out`` replace the config's)."""
+    from training import experiment
+
+    exporter = _exporter(name, data_root)
+    return experiment.cached_export(cfg, checkpoint(cfg), exporter, threshold, out)
+
+
+def _finished_runs(exp: Experiment) -> dict[str, Config]:
+    """The two retrained runs; stops with what to run first when one is not finished."""
+    runs = {DERIVED: exp.derived, BASELINE: exp.baseline}
+    missing = [n for n, c in runs.items() if not finished(c)]
+    if missing:
+        raise SystemExit(
+            f"run(s) not finished: {', '.join(missing)} (python -m training.darts retrain "
+            "first; it resumes)"
+        )
+    return runs
 
 
 def parameters(name: str, cfg: Config) -> int:
@@ -739,6 +764,7 @@ COLUMNS = {
     "size_mb": "size MB",
     "mp_s": "end-to-end MP/s",
     "core_mp_s": "core MP/s",
+    "threshold": "threshold",
     "val_iou": "val IoU (selection)",
     "s2_iou": "S2 dev IoU",
     "s2_f1": "S2 F1",
@@ -757,6 +783,23 @@ def _hours(run_dir: Path) -> float:
     return experiment.training_seconds(history)[1] / 3600
 
 
+def _reference_lines(rows: dict[str, dict]) -> list[str]:
+    ref = rows.get(REFERENCE)
+    if not ref:
+        return []
+    d = rows[DERIVED]
+
+    def diff(key: str) -> str:
+        x, y = d.get(key), ref.get(key)
+        return "–" if x is None or y is None else f"{x - y:+.3f}"
+
+    return [
+        f"- Derived minus the reference (the reference at its own threshold {ref['threshold']}"
+        f", so the cut-offs differ): S2 dev IoU {diff('s2_iou')}, Landsat IoU "
+        f"{diff('landsat_iou')}, core speed {d['core_mp_s'] / ref['core_mp_s']:.2f}x."
+    ]
+
+
 def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     """Export both models, measure them, write the generated sections of the page and
     ``<runs_dir>/report.json``."""
@@ -766,13 +809,7 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     data_root = Path(data_root)
     s = exp.settings
     genotype = searched_genotype(exp)
-    runs = {DERIVED: exp.derived, BASELINE: exp.baseline}
-    missing = [n for n, c in runs.items() if not finished(c)]
-    if missing:
-        raise SystemExit(
-            f"run(s) not finished: {', '.join(missing)} (python -m training.darts retrain "
-            "first; it resumes)"
-        )
+    runs = _finished_runs(exp)
     page = config_mod.resolve(s.doc)
     figures = config_mod.resolve(s.figures_dir)
     figures.mkdir(parents=True, exist_ok=True)
@@ -786,9 +823,13 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
         progress(f"export {name} -> {cfg.export.out}")
         exported[name] = export_run(name, cfg, data_root)
     onnx = {n: Path(e["path"]) for n, e in exported.items()}
+    bench_models = dict(onnx)
+    reference = experiment.reference_model(s.reference_model)
+    if reference is not None:
+        bench_models[REFERENCE] = reference
     progress("core throughput (CloudModel + classify_array, interleaved)")
     speed = experiment.core_throughput(
-        onnx, experiment.bench_inputs(exp.baseline, data_root), 3, None, progress
+        bench_models, experiment.bench_inputs(exp.baseline, data_root), 3, None, progress
     )
     rows, evidence = {}, {}
     for name, cfg in runs.items():
@@ -803,8 +844,15 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
             params_m=parameters(name, cfg) / 1e6,
             size_mb=onnx[name].stat().st_size / 1e6,
             core_mp_s=speed[name]["mp_per_s"],
+            threshold=exported[name]["threshold"],
             training_hours=_hours(cfg.run_dir),
         )
+    if reference is not None:
+        progress(f"final check of the reference {reference}")
+        split_dir = config_mod.resolve(exp.baseline.data.split_dir)
+        label = experiment.reference_label(reference)
+        rows[REFERENCE] = experiment.checked_row(label, reference, data_root, split_dir)
+        rows[REFERENCE]["core_mp_s"] = speed[REFERENCE]["mp_per_s"]
     search_wall, search_typical = (s / 3600 for s in experiment.training_seconds(history))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     d, b = rows[DERIVED], rows[BASELINE]
@@ -823,15 +871,19 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
             f"{len(history) - 1} epochs, {search_typical:.2f} h as median epoch x epochs "
             f"({search_wall:.2f} h wall: {experiment.WALL_CLOCK_NOTE}). Training h likewise. "
             "'core MP/s': tiled inference "
-            "of the loaded model on the labelled chips in memory, both models interleaved; "
-            "'end-to-end MP/s': `pipeline.run` with files (make evaluate's code path).",
+            "of the loaded model on the labelled chips in memory, the models interleaved; "
+            "'end-to-end MP/s': `pipeline.run` with files (make evaluate's code path). Each "
+            "model at its own threshold (the section below puts all at one).",
             "",
-            experiment.results_table([rows[DERIVED], rows[BASELINE]], COLUMNS),
+            experiment.results_table(
+                [rows[n] for n in (DERIVED, BASELINE, REFERENCE) if n in rows], COLUMNS
+            ),
             "",
             f"- Derived minus baseline: val IoU {diff('val_iou')}, S2 dev IoU {diff('s2_iou')}, "
             f"Landsat IoU {diff('landsat_iou')}, clear-scene FP {diff('clear_fp', 2)} "
             f"percentage points, parameters {d['params_m'] / b['params_m']:.2f}x, core speed "
             f"{d['core_mp_s'] / b['core_mp_s']:.2f}x.",
+            *_reference_lines(rows),
         ]
     )
     search_text = "\n".join(
@@ -871,11 +923,33 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     return out
 
 
+def compare_at(
+    exp: Experiment, data_root: Path, threshold: float | None = None, progress=print
+) -> dict:
+    """Both retrained models and the reference at one threshold (default: the reference's):
+    :func:`training.experiment.compare_at`, written to the page's ``darts-common`` section and
+    ``<runs_dir>/common_threshold.json``."""
+    from training import experiment
+
+    s = exp.settings
+    comparison = experiment.Comparison(
+        runs={n: (LABELS[n], c) for n, c in _finished_runs(exp).items()},
+        exporter=lambda name, cfg: _exporter(name, data_root),
+        reference=experiment.reference_model(s.reference_model),
+        split_dir=config_mod.resolve(exp.baseline.data.split_dir),
+        page=config_mod.resolve(s.doc),
+        key=COMMON_KEY,
+        json_path=config_mod.resolve(exp.baseline.train.runs_dir) / "common_threshold.json",
+        command="python -m training.darts compare",
+    )
+    return experiment.compare_at(comparison, data_root, threshold, progress)
+
+
 def main(argv: list[str] | None = None) -> None:
     from training.train import parse_overrides
 
     parser = argparse.ArgumentParser(description="DARTS over the U-Net decoder.")
-    parser.add_argument("command", choices=("search", "retrain", "report"))
+    parser.add_argument("command", choices=("search", "retrain", "report", "compare"))
     parser.add_argument(
         "--config", type=Path, default=config_mod.REPO_ROOT / "training/configs/darts.yaml"
     )
@@ -884,6 +958,12 @@ def main(argv: list[str] | None = None) -> None:
         "--set", nargs="*", default=[], help="overrides: a.b=value (e.g. darts.epochs=5)"
     )
     parser.add_argument("--fresh", action="store_true", help="search: ignore last.pt")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="compare: the common threshold (default: the reference model's)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     exp = load(args.config, parse_overrides(args.set))
@@ -893,8 +973,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "retrain":
         for run_dir in retrain(exp, args.data_root, progress):
             print(f"run: {run_dir}")
-    else:
+    elif args.command == "report":
         write_report(exp, args.data_root, lambda text: print(text, flush=True))
+    else:
+        compare_at(exp, args.data_root, args.threshold, lambda text: print(text, flush=True))
 
 
 if __name__ == "__main__":

@@ -285,21 +285,18 @@ def train_students(exp: Experiment, data_root: Path, progress: bool = True) -> l
 def export_run(
     cfg: Config, data_root: Path, threshold: float | None = None, out: Path | None = None
 ) -> dict:
-    """ONNX of the run's selected checkpoint through the contract check (skipped when the file
-    is newer than the checkpoint). ``threshold`` and ``out`` replace the config's
-    ``export.threshold`` and ``export.out``."""
+    """ONNX of the run's selected checkpoint through the contract check
+    (:func:`training.experiment.cached_export`: skipped when newer than the checkpoint;
+    ``threshold`` and ``out`` replace the config's)."""
+    from training import experiment
+
+    return experiment.cached_export(cfg, checkpoint(cfg), _exporter(data_root), threshold, out)
+
+
+def _exporter(data_root: Path):
     from training import export
 
-    if threshold is not None:
-        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, threshold=threshold))
-    out = Path(out) if out is not None else config_mod.resolve(cfg.export.out)
-    ckpt = checkpoint(cfg)
-    summary_path = out.with_suffix(".json")
-    if out.is_file() and summary_path.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
-        return json.loads(summary_path.read_text())
-    summary = export.export(cfg, ckpt, out, data_root)
-    summary_path.write_text(json.dumps(summary, indent=2))
-    return summary
+    return lambda cfg, ckpt, out: export.export(cfg, ckpt, out, data_root)
 
 
 def _finished_configs(exp: Experiment) -> dict[str, Config]:
@@ -312,12 +309,6 @@ def _finished_configs(exp: Experiment) -> dict[str, Config]:
             "student first; they resume)"
         )
     return configs
-
-
-def _reference_model(s: DistillSettings) -> Path | None:
-    """The reference model's file (``distill.reference_model``), None when unset or missing."""
-    path = config_mod.resolve(s.reference_model) if s.reference_model else None
-    return path if path is not None and path.is_file() else None
 
 
 def parameters(cfg: Config) -> int:
@@ -396,36 +387,6 @@ COLUMNS = {
 }
 
 
-def _checked_row(name: str, path: Path, cfg: Config, data_root: Path) -> dict:
-    """The final check of one ONNX file (``make evaluate``'s code path, the file's own
-    threshold): size, threshold, Sentinel-2 and Landsat scores, clear-scene false positives."""
-    from qgis_cloudmask.core.model import CloudModel
-    from training import evaluate, experiment
-
-    ev = experiment.final_check(path, data_root, config_mod.resolve(cfg.data.split_dir))
-    summary = evaluate.summarise_variants(ev, 1)[evaluate.NONE.name]
-    clear = summary.get("clear_scenes")
-    s2, landsat = summary["pooled"].get("sentinel2", {}), summary["pooled"].get("landsat", {})
-    return {
-        "name": name,
-        "size_mb": path.stat().st_size / 1e6,
-        "threshold": CloudModel(path).info.threshold,
-        "s2_iou": s2.get("iou"),
-        "s2_f1": s2.get("f1"),
-        "s2_precision": s2.get("precision"),
-        "s2_recall": s2.get("recall"),
-        "landsat_iou": landsat.get("iou"),
-        "clear_fp": clear["pooled_percent"] if clear else None,
-        "clear_fp_max": clear["max_percent"] if clear else None,
-        "mp_s": summary["cost"]["mp_per_s"],
-    }
-
-
-def _reference_row(path: Path, cfg: Config, data_root: Path) -> dict:
-    """The reference model (the shipped one): size and the final check, no run of ours."""
-    return _checked_row(f"{REFERENCE} ({Path(path).name}, for reference)", path, cfg, data_root)
-
-
 def _signed(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or not np.isfinite(value) else f"{value:+.{digits}f}"
 
@@ -482,7 +443,7 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
         exported[name] = export_run(cfg, data_root)
     onnx = {n: Path(e["path"]) for n, e in exported.items()}
     bench_models = dict(onnx)
-    reference = _reference_model(s)
+    reference = experiment.reference_model(s.reference_model)
     if reference is not None:
         bench_models[REFERENCE] = reference
     progress("core throughput (CloudModel + classify_array, interleaved)")
@@ -509,7 +470,9 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
         )
     if REFERENCE in speed:
         progress(f"final check of the reference {reference}")
-        rows[REFERENCE] = _reference_row(reference, exp.teacher, data_root)
+        split_dir = config_mod.resolve(exp.teacher.data.split_dir)
+        label = experiment.reference_label(reference)
+        rows[REFERENCE] = experiment.checked_row(label, reference, data_root, split_dir)
         rows[REFERENCE]["core_mp_s"] = speed[REFERENCE]["mp_per_s"]
     teacher_speed = speed[TEACHER]["mp_per_s"]
     for row in rows.values():
@@ -572,83 +535,26 @@ def write_report(exp: Experiment, data_root: Path, progress=print) -> dict:
     return out
 
 
-#: Columns of the common-threshold table (key -> header).
-COMMON_COLUMNS = {
-    "name": "model",
-    "threshold": "threshold",
-    "s2_iou": "S2 dev IoU",
-    "s2_f1": "S2 F1",
-    "s2_precision": "S2 precision",
-    "s2_recall": "S2 recall",
-    "landsat_iou": "Landsat IoU",
-    "clear_fp": "clear-scene FP % (pooled)",
-    "clear_fp_max": "clear-scene FP % (worst scene)",
-}
-
-
 def compare_at(
     exp: Experiment, data_root: Path, threshold: float | None = None, progress=print
 ) -> dict:
-    """All three runs and the reference model at *one* threshold (default: the reference's).
-
-    The report scores each model at its own threshold (0.5 for ours, the reference's was chosen
-    on the dev chips), which mixes the model with the cut-off. Here each run's selected
-    checkpoint is exported again with ``threshold`` (``<runs_dir>/<run>/<run>@<t>.onnx``,
-    through the contract check) and goes through the same final check as the reference. A
-    comparison at a common cut-off, not a choice: nothing is selected on these figures.
-    Writes the page's ``kd-common`` section and ``<runs_dir>/common_threshold.json``.
-    """
+    """All three runs and the reference model at one threshold (default: the reference's):
+    :func:`training.experiment.compare_at`, written to the page's ``kd-common`` section and
+    ``<runs_dir>/common_threshold.json``."""
     from training import experiment
 
-    data_root = Path(data_root)
     s = exp.settings
-    configs = _finished_configs(exp)
-    reference = _reference_model(s)
-    if threshold is None:
-        if reference is None:
-            raise SystemExit("give --threshold: there is no reference model to take it from")
-        from qgis_cloudmask.core.model import CloudModel
-
-        threshold = CloudModel(reference).info.threshold
-    threshold = float(threshold)
-    if not 0.0 < threshold < 1.0:
-        raise SystemExit(f"--threshold must lie strictly between 0 and 1, not {threshold}")
-    rows = []
-    for name, cfg in configs.items():
-        out = cfg.run_dir / f"{name}@{threshold:g}.onnx"
-        progress(f"export {name} at threshold {threshold:g} -> {out}")
-        export_run(cfg, data_root, threshold, out)
-        progress(f"final check of {name} at threshold {threshold:g}")
-        rows.append(_checked_row(LABELS[name], out, cfg, data_root))
-    ref_note = ""
-    if reference is not None:
-        progress(f"final check of the reference {reference}")
-        rows.append(_reference_row(reference, exp.teacher, data_root))
-        own = rows[-1]["threshold"]
-        ref_note = (
-            " (the reference's own)"
-            if own == threshold
-            else f" (the reference stays at its own threshold {own:g}: not the same cut-off)"
-        )
-    from training.evaluate import machine
-
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = "\n".join(
-        [
-            f"Generated by `python -m training.distill compare` on {stamp}, {machine()}: our "
-            f"three models exported again at threshold {threshold:g}{ref_note}, through the same "
-            "final check as above (pooled tp/fp/fn/tn through the plugin). A comparison at one "
-            "cut-off, not a choice: nothing is selected on these figures.",
-            "",
-            experiment.results_table(rows, COMMON_COLUMNS),
-        ]
+    comparison = experiment.Comparison(
+        runs={n: (LABELS[n], c) for n, c in _finished_configs(exp).items()},
+        exporter=lambda name, cfg: _exporter(data_root),
+        reference=experiment.reference_model(s.reference_model),
+        split_dir=config_mod.resolve(exp.teacher.data.split_dir),
+        page=config_mod.resolve(s.doc),
+        key=COMMON_KEY,
+        json_path=config_mod.resolve(exp.teacher.train.runs_dir) / "common_threshold.json",
+        command="python -m training.distill compare",
     )
-    experiment.write_section(config_mod.resolve(s.doc), COMMON_KEY, text)
-    out = {"generated": stamp, "threshold": threshold, "rows": rows}
-    path = config_mod.resolve(exp.teacher.train.runs_dir) / "common_threshold.json"
-    path.write_text(json.dumps(out, indent=2, default=str))
-    progress(f"wrote {config_mod.resolve(s.doc)} and {path}")
-    return out
+    return experiment.compare_at(comparison, data_root, threshold, progress)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,13 @@ second. Model *selection* in the experiments uses the validation split only
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +265,160 @@ def figures_markdown(title: str, figures: dict[str, str], page: Path) -> list[st
 def relative(path: str | os.PathLike, page: Path) -> str:
     """A figure's path relative to the page that shows it."""
     return os.path.relpath(Path(path), Path(page).parent)
+
+
+# -- exports and the comparison at one threshold ---------------------------------------------
+
+#: ``exporter(cfg, checkpoint, out) -> summary``: :func:`training.export.export` or an
+#: experiment's own variant of it (e.g. DARTS rebuilds its derived network with its loader).
+Exporter = Callable[[Config, Path, Path], dict]
+
+
+def cached_export(
+    cfg: Config,
+    ckpt: Path,
+    exporter: Exporter,
+    threshold: float | None = None,
+    out: Path | None = None,
+) -> dict:
+    """ONNX of ``ckpt`` through ``exporter`` (the contract check), its summary beside it as
+    ``<out>.json``; skipped when both are newer than the checkpoint. ``threshold`` and ``out``
+    replace the config's ``export.threshold`` and ``export.out``."""
+    if threshold is not None:
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, threshold=threshold))
+    out = Path(out) if out is not None else config_mod.resolve(cfg.export.out)
+    ckpt = Path(ckpt)
+    summary_path = out.with_suffix(".json")
+    if out.is_file() and summary_path.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
+        return json.loads(summary_path.read_text())
+    summary = exporter(cfg, ckpt, out)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def reference_model(setting: str | None) -> Path | None:
+    """The file of an experiment's ``reference_model`` setting (the shipped model, measured
+    beside ours); None when unset or missing."""
+    path = config_mod.resolve(setting) if setting else None
+    return path if path is not None and path.is_file() else None
+
+
+def checked_row(name: str, path: Path, data_root: Path, split_dir: Path) -> dict:
+    """The final check of one ONNX file (``make evaluate``'s code path, the file's own
+    threshold) as a table row: size, threshold, Sentinel-2 and Landsat scores, clear-scene
+    false positives (pooled and worst scene), end-to-end MP/s."""
+    from qgis_cloudmask.core.model import CloudModel
+
+    path = Path(path)
+    ev = final_check(path, data_root, split_dir)
+    summary = evaluate.summarise_variants(ev, 1)[evaluate.NONE.name]
+    clear = summary.get("clear_scenes")
+    s2, landsat = summary["pooled"].get("sentinel2", {}), summary["pooled"].get("landsat", {})
+    return {
+        "name": name,
+        "size_mb": path.stat().st_size / 1e6,
+        "threshold": CloudModel(path).info.threshold,
+        "s2_iou": s2.get("iou"),
+        "s2_f1": s2.get("f1"),
+        "s2_precision": s2.get("precision"),
+        "s2_recall": s2.get("recall"),
+        "landsat_iou": landsat.get("iou"),
+        "clear_fp": clear["pooled_percent"] if clear else None,
+        "clear_fp_max": clear["max_percent"] if clear else None,
+        "mp_s": summary["cost"]["mp_per_s"],
+    }
+
+
+def reference_label(path: Path) -> str:
+    """How the tables name the reference model."""
+    return f"shipped ({Path(path).name}, for reference)"
+
+
+_NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+
+#: Columns of the common-threshold table (key -> header).
+COMMON_COLUMNS = {
+    "name": "model",
+    "threshold": "threshold",
+    "s2_iou": "S2 dev IoU",
+    "s2_f1": "S2 F1",
+    "s2_precision": "S2 precision",
+    "s2_recall": "S2 recall",
+    "landsat_iou": "Landsat IoU",
+    "clear_fp": "clear-scene FP % (pooled)",
+    "clear_fp_max": "clear-scene FP % (worst scene)",
+}
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare_at` compares and where it writes (one experiment's facts)."""
+
+    runs: dict[str, tuple[str, Config]]  # run name -> (label in the table, its config)
+    exporter: Callable[[str, Config], Exporter]  # run name, config -> its exporter
+    reference: Path | None  # the shipped model, kept at its own threshold
+    split_dir: Path
+    page: Path
+    key: str  # the page's section
+    json_path: Path
+    command: str  # how the section says it was generated
+
+
+def compare_at(
+    c: Comparison, data_root: Path, threshold: float | None = None, progress=print
+) -> dict:
+    """Every run and the reference model at *one* threshold (default: the reference's).
+
+    The reports score each model at its own threshold (0.5 for ours; the reference's was
+    chosen on the dev chips), which mixes the model with the cut-off. Here each run's selected
+    checkpoint is exported again with ``threshold`` (``<run_dir>/<run>@<t>.onnx``, through the
+    contract check) and goes through the same final check as the reference. A comparison at a
+    common cut-off, not a choice: nothing is selected on these figures. Writes the page's
+    ``c.key`` section and ``c.json_path``.
+    """
+    from qgis_cloudmask.core.model import CloudModel
+
+    data_root = Path(data_root)
+    if threshold is None:
+        if c.reference is None:
+            raise SystemExit("give --threshold: there is no reference model to take it from")
+        threshold = CloudModel(c.reference).info.threshold
+    threshold = float(threshold)
+    if not 0.0 < threshold < 1.0:
+        raise SystemExit(f"--threshold must lie strictly between 0 and 1, not {threshold}")
+    rows = []
+    for name, (label, cfg) in c.runs.items():
+        out = cfg.run_dir / f"{name}@{threshold:g}.onnx"
+        progress(f"export {name} at threshold {threshold:g} -> {out}")
+        ckpt = cfg.run_dir / f"{cfg.export.checkpoint}.pt"
+        cached_export(cfg, ckpt, c.exporter(name, cfg), threshold, out)
+        progress(f"final check of {name} at threshold {threshold:g}")
+        rows.append(checked_row(label, out, data_root, c.split_dir))
+    ref_note = ""
+    if c.reference is not None:
+        progress(f"final check of the reference {c.reference}")
+        rows.append(checked_row(reference_label(c.reference), c.reference, data_root, c.split_dir))
+        own = rows[-1]["threshold"]
+        ref_note = (
+            " (the reference's own)"
+            if own == threshold
+            else f" (the reference stays at its own threshold {own:g}: not the same cut-off)"
+        )
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    count = _NUMBERS.get(len(c.runs), str(len(c.runs)))
+    text = "\n".join(
+        [
+            f"Generated by `{c.command}` on {stamp}, {evaluate.machine()}: our {count} models "
+            f"exported again at threshold {threshold:g}{ref_note}, through "
+            "the same final check as above (pooled tp/fp/fn/tn through the plugin). A "
+            "comparison at one cut-off, not a choice: nothing is selected on these figures.",
+            "",
+            results_table(rows, COMMON_COLUMNS),
+        ]
+    )
+    write_section(c.page, c.key, text)
+    out = {"generated": stamp, "threshold": threshold, "rows": rows}
+    c.json_path.parent.mkdir(parents=True, exist_ok=True)
+    c.json_path.write_text(json.dumps(out, indent=2, default=str))
+    progress(f"wrote {c.page} and {c.json_path}")
+    return out

@@ -41,6 +41,8 @@ def _tiny(data_root, tmp, **extra):
             "train.runs_dir": str(tmp / "runs"),
             "darts.doc": str(tmp / "docs" / "neural-arch-search.md"),
             "darts.figures_dir": str(tmp / "docs" / "figures"),
+            # exercise the reference row with a model the report exports itself
+            "darts.reference_model": str(tmp / "runs" / "baseline" / "baseline.onnx"),
             **extra,
         },
     )
@@ -310,5 +312,35 @@ def test_report_writes_the_table_the_genotype_and_the_figures(retrained, tiny, d
     for name in ("alphas", "search", "derived_loss", "derived_validation", "derived_pr"):
         assert (figures / f"darts_{name}.png").stat().st_size > 0
     assert (figures / "darts_baseline_pr.png").is_file()
-    assert set(out["rows"]) == {darts.DERIVED, darts.BASELINE}
+    assert set(out["rows"]) == {darts.DERIVED, darts.BASELINE, darts.REFERENCE}
     assert out["rows"][darts.DERIVED]["params_m"] > 0
+    reference = out["rows"][darts.REFERENCE]
+    assert reference["name"] == "shipped (baseline.onnx, for reference)"
+    assert reference["threshold"] == 0.5 and reference["core_mp_s"] > 0
+    assert "Derived minus the reference (the reference at its own threshold 0.5" in text
+
+
+def test_compare_scores_both_models_and_the_reference_at_one_threshold(retrained, tiny, data_root):
+    out = darts.compare_at(tiny, data_root, threshold=0.3, progress=lambda _: None)
+    rows = out["rows"]
+    assert [r["name"] for r in rows] == [
+        darts.LABELS[darts.DERIVED],
+        darts.LABELS[darts.BASELINE],
+        "shipped (baseline.onnx, for reference)",
+    ]
+    assert [r["threshold"] for r in rows] == [0.3, 0.3, 0.5]
+    # the derived network went through its own loader: its genotype is in the metadata
+    derived = CloudModel(tiny.derived.run_dir / "derived@0.3.onnx").info
+    assert derived.threshold == 0.3 and derived.name.endswith("-darts")
+    for r in rows:
+        assert 0.0 <= r["s2_iou"] <= 1.0 and 0.0 <= r["s2_precision"] <= 1.0
+    text = config.resolve(tiny.settings.doc).read_text()
+    assert text.count(f"BEGIN {darts.COMMON_KEY}") == 1
+    assert "`python -m training.darts compare`" in text
+    assert "our two models exported again at threshold 0.3" in text
+    saved = json.loads(
+        (config.resolve(tiny.baseline.train.runs_dir) / "common_threshold.json").read_text()
+    )
+    assert saved["threshold"] == 0.3 and len(saved["rows"]) == 3
+    # the default cut-off is the reference's own (0.5 here)
+    assert darts.compare_at(tiny, data_root, progress=lambda _: None)["threshold"] == 0.5
