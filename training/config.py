@@ -112,6 +112,11 @@ class Config:
     def run_dir(self) -> Path:
         return resolve(self.train.runs_dir) / self.train.run_name
 
+    @property
+    def checkpoint(self) -> Path:
+        """The run's checkpoint that is exported (``export.checkpoint``: ``best`` or ``last``)."""
+        return self.run_dir / f"{self.export.checkpoint}.pt"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -601,14 +601,6 @@ def retrain(exp: Experiment, data_root: Path, progress: bool = True) -> list[Pat
 # -- export -----------------------------------------------------------------------------------
 
 
-def checkpoint(cfg: Config) -> Path:
-    return cfg.run_dir / f"{cfg.export.checkpoint}.pt"
-
-
-def finished(cfg: Config) -> bool:
-    return (cfg.run_dir / "DONE").is_file() and checkpoint(cfg).is_file()
-
-
 def export_derived(cfg: Config, ckpt_path: Path, out: Path, data_root: Path | None = None) -> dict:
     """:func:`training.export.export` for the derived network, rebuilt from the run's
     ``genotype.json`` (written into the ``training`` metadata too): the same contract metadata,
@@ -630,14 +622,6 @@ def export_derived(cfg: Config, ckpt_path: Path, out: Path, data_root: Path | No
     )
 
 
-def _exporter(name: str, data_root: Path | None):
-    from training import export
-
-    if name == DERIVED:
-        return lambda cfg, ckpt, out: export_derived(cfg, ckpt, out, data_root)
-    return lambda cfg, ckpt, out: export.export(cfg, ckpt, out, data_root)
-
-
 def export_run(
     name: str,
     cfg: Config,
@@ -647,30 +631,30 @@ def export_run(
 ) -> dict:
     """ONNX of a run's selected checkpoint (:func:`training.experiment.cached_export`: skipped
     when newer than the checkpoint; ``threshold`` and ``out`` replace the config's)."""
-    from training import experiment
+    from training import experiment, export
 
-    exporter = _exporter(name, data_root)
-    return experiment.cached_export(cfg, checkpoint(cfg), exporter, threshold, out)
+    def exporter(cfg: Config, ckpt: Path, out: Path) -> dict:
+        if name == DERIVED:
+            return export_derived(cfg, ckpt, out, data_root)
+        return export.export(cfg, ckpt, out, data_root)
+
+    return experiment.cached_export(cfg, exporter, threshold, out)
 
 
 def _finished_runs(exp: Experiment) -> dict[str, Config]:
     """The two retrained runs; stops with what to run first when one is not finished."""
+    from training import experiment
+
     runs = {DERIVED: exp.derived, BASELINE: exp.baseline}
-    missing = [n for n, c in runs.items() if not finished(c)]
-    if missing:
-        raise SystemExit(
-            f"run(s) not finished: {', '.join(missing)} (python -m training.darts retrain "
-            "first; it resumes)"
-        )
-    return runs
+    return experiment.finished_runs(runs, "python -m training.darts retrain")
 
 
 def parameters(name: str, cfg: Config) -> int:
     from training.train import load_checkpoint
 
-    model = load_derived(checkpoint(cfg))[0] if name == DERIVED else None
+    model = load_derived(cfg.checkpoint)[0] if name == DERIVED else None
     if model is None:
-        model = load_checkpoint(checkpoint(cfg))[0]
+        model = load_checkpoint(cfg.checkpoint)[0]
     return sum(p.numel() for p in model.parameters())
 
 
@@ -931,21 +915,20 @@ def compare_at(
     ``<runs_dir>/common_threshold.json``."""
     from training import experiment
 
-    s = exp.settings
     comparison = experiment.Comparison(
         runs={n: (LABELS[n], c) for n, c in _finished_runs(exp).items()},
-        exporter=lambda name, cfg: _exporter(name, data_root),
-        reference=experiment.reference_model(s.reference_model),
-        split_dir=config_mod.resolve(exp.baseline.data.split_dir),
-        page=config_mod.resolve(s.doc),
+        export=lambda name, cfg, threshold, out: export_run(name, cfg, data_root, threshold, out),
+        base=exp.baseline,
+        doc=exp.settings.doc,
+        reference_model=exp.settings.reference_model,
         key=COMMON_KEY,
-        json_path=config_mod.resolve(exp.baseline.train.runs_dir) / "common_threshold.json",
         command="python -m training.darts compare",
     )
     return experiment.compare_at(comparison, data_root, threshold, progress)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from training import experiment
     from training.train import parse_overrides
 
     parser = argparse.ArgumentParser(description="DARTS over the U-Net decoder.")
@@ -958,12 +941,7 @@ def main(argv: list[str] | None = None) -> None:
         "--set", nargs="*", default=[], help="overrides: a.b=value (e.g. darts.epochs=5)"
     )
     parser.add_argument("--fresh", action="store_true", help="search: ignore last.pt")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="compare: the common threshold (default: the reference model's)",
-    )
+    experiment.add_threshold_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     exp = load(args.config, parse_overrides(args.set))

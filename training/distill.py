@@ -209,16 +209,8 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Experimen
 # -- the runs ---------------------------------------------------------------------------------
 
 
-def checkpoint(cfg: Config) -> Path:
-    """The selected checkpoint of a run (``export.checkpoint``: best by validation IoU)."""
-    return cfg.run_dir / f"{cfg.export.checkpoint}.pt"
-
-
-def finished(cfg: Config) -> bool:
-    return (cfg.run_dir / "DONE").is_file() and checkpoint(cfg).is_file()
-
-
 def _teacher_checkpoint(exp: Experiment) -> tuple[torch.nn.Module, dict]:
+    from training.experiment import finished
     from training.train import load_checkpoint
 
     if not finished(exp.teacher):
@@ -226,7 +218,7 @@ def _teacher_checkpoint(exp: Experiment) -> tuple[torch.nn.Module, dict]:
             f"the teacher run {exp.teacher.run_dir} is not finished: run "
             "`python -m training.distill teacher` first (it resumes where it stopped)"
         )
-    model, ckpt = load_checkpoint(checkpoint(exp.teacher))
+    model, ckpt = load_checkpoint(exp.teacher.checkpoint)
     return model.eval().requires_grad_(False), ckpt
 
 
@@ -239,7 +231,7 @@ def _record_teacher(exp: Experiment, ckpt: dict) -> None:
     """Which teacher checkpoint the distilled student learns from, in its run folder; a resumed
     run whose teacher changed since (the teacher trained further) says so."""
     record = {
-        "checkpoint": str(checkpoint(exp.teacher)),
+        "checkpoint": str(exp.teacher.checkpoint),
         "epoch": ckpt.get("epoch"),
         "val_iou": ckpt.get("row", {}).get("val_iou"),
         "temperature": exp.settings.temperature,
@@ -288,33 +280,25 @@ def export_run(
     """ONNX of the run's selected checkpoint through the contract check
     (:func:`training.experiment.cached_export`: skipped when newer than the checkpoint;
     ``threshold`` and ``out`` replace the config's)."""
-    from training import experiment
+    from training import experiment, export
 
-    return experiment.cached_export(cfg, checkpoint(cfg), _exporter(data_root), threshold, out)
+    def exporter(cfg: Config, ckpt: Path, out: Path) -> dict:
+        return export.export(cfg, ckpt, out, data_root)
 
-
-def _exporter(data_root: Path):
-    from training import export
-
-    return lambda cfg, ckpt, out: export.export(cfg, ckpt, out, data_root)
+    return experiment.cached_export(cfg, exporter, threshold, out)
 
 
 def _finished_configs(exp: Experiment) -> dict[str, Config]:
     """The three run configs; stops with what to run first when a run is not finished."""
-    configs = exp.configs()
-    missing = [n for n, c in configs.items() if not finished(c)]
-    if missing:
-        raise SystemExit(
-            f"run(s) not finished: {', '.join(missing)} (python -m training.distill teacher / "
-            "student first; they resume)"
-        )
-    return configs
+    from training import experiment
+
+    return experiment.finished_runs(exp.configs(), "python -m training.distill teacher / student")
 
 
 def parameters(cfg: Config) -> int:
     from training.train import load_checkpoint
 
-    model, _ = load_checkpoint(checkpoint(cfg))
+    model, _ = load_checkpoint(cfg.checkpoint)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -543,21 +527,20 @@ def compare_at(
     ``<runs_dir>/common_threshold.json``."""
     from training import experiment
 
-    s = exp.settings
     comparison = experiment.Comparison(
         runs={n: (LABELS[n], c) for n, c in _finished_configs(exp).items()},
-        exporter=lambda name, cfg: _exporter(data_root),
-        reference=experiment.reference_model(s.reference_model),
-        split_dir=config_mod.resolve(exp.teacher.data.split_dir),
-        page=config_mod.resolve(s.doc),
+        export=lambda name, cfg, threshold, out: export_run(cfg, data_root, threshold, out),
+        base=exp.teacher,
+        doc=exp.settings.doc,
+        reference_model=exp.settings.reference_model,
         key=COMMON_KEY,
-        json_path=config_mod.resolve(exp.teacher.train.runs_dir) / "common_threshold.json",
         command="python -m training.distill compare",
     )
     return experiment.compare_at(comparison, data_root, threshold, progress)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from training import experiment
     from training.train import parse_overrides
 
     parser = argparse.ArgumentParser(description="Knowledge distillation experiment.")
@@ -569,12 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], help="overrides: a.b.c=value (e.g. distill.alpha=0.7)"
     )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="compare: the common threshold (default: the reference model's)",
-    )
+    experiment.add_threshold_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     exp = load(args.config, parse_overrides(args.set))

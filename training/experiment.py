@@ -274,20 +274,35 @@ def relative(path: str | os.PathLike, page: Path) -> str:
 Exporter = Callable[[Config, Path, Path], dict]
 
 
+def finished(cfg: Config) -> bool:
+    """Whether a run is finished (``DONE``, written by :func:`training.train.run`) and has the
+    checkpoint its export takes."""
+    return (cfg.run_dir / "DONE").is_file() and cfg.checkpoint.is_file()
+
+
+def finished_runs(runs: dict[str, Config], first: str) -> dict[str, Config]:
+    """``runs`` when all are finished; otherwise stops naming the unfinished ones and ``first``,
+    the command that trains them."""
+    missing = [n for n, c in runs.items() if not finished(c)]
+    if missing:
+        raise SystemExit(f"run(s) not finished: {', '.join(missing)} ({first} first; it resumes)")
+    return runs
+
+
 def cached_export(
     cfg: Config,
-    ckpt: Path,
     exporter: Exporter,
     threshold: float | None = None,
     out: Path | None = None,
 ) -> dict:
-    """ONNX of ``ckpt`` through ``exporter`` (the contract check), its summary beside it as
-    ``<out>.json``; skipped when both are newer than the checkpoint. ``threshold`` and ``out``
-    replace the config's ``export.threshold`` and ``export.out``."""
+    """ONNX of the run's exported checkpoint (:attr:`Config.checkpoint`) through ``exporter``
+    (the contract check), its summary beside it as ``<out>.json``; skipped when both are newer
+    than the checkpoint. ``threshold`` and ``out`` replace the config's ``export.threshold`` and
+    ``export.out``."""
     if threshold is not None:
         cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, threshold=threshold))
     out = Path(out) if out is not None else config_mod.resolve(cfg.export.out)
-    ckpt = Path(ckpt)
+    ckpt = cfg.checkpoint
     summary_path = out.with_suffix(".json")
     if out.is_file() and summary_path.is_file() and out.stat().st_mtime > ckpt.stat().st_mtime:
         return json.loads(summary_path.read_text())
@@ -355,12 +370,12 @@ class Comparison:
     """What :func:`compare_at` compares and where it writes (one experiment's facts)."""
 
     runs: dict[str, tuple[str, Config]]  # run name -> (label in the table, its config)
-    exporter: Callable[[str, Config], Exporter]  # run name, config -> its exporter
-    reference: Path | None  # the shipped model, kept at its own threshold
-    split_dir: Path
-    page: Path
+    #: ``export(run name, config, threshold, out) -> summary``: the experiment's ``export_run``
+    export: Callable[[str, Config, float, Path], dict]
+    base: Config  # the experiment's shared sections: split and runs folder
+    doc: str  # the report page (the experiment's ``doc`` setting)
+    reference_model: str | None  # the experiment's ``reference_model`` setting
     key: str  # the page's section
-    json_path: Path
     command: str  # how the section says it was generated
 
 
@@ -374,15 +389,17 @@ def compare_at(
     checkpoint is exported again with ``threshold`` (``<run_dir>/<run>@<t>.onnx``, through the
     contract check) and goes through the same final check as the reference. A comparison at a
     common cut-off, not a choice: nothing is selected on these figures. Writes the page's
-    ``c.key`` section and ``c.json_path``.
+    ``c.key`` section and ``<runs_dir>/common_threshold.json``.
     """
     from qgis_cloudmask.core.model import CloudModel
 
     data_root = Path(data_root)
+    reference = reference_model(c.reference_model)  # the shipped model, at its own threshold
+    split_dir = config_mod.resolve(c.base.data.split_dir)
     if threshold is None:
-        if c.reference is None:
+        if reference is None:
             raise SystemExit("give --threshold: there is no reference model to take it from")
-        threshold = CloudModel(c.reference).info.threshold
+        threshold = CloudModel(reference).info.threshold
     threshold = float(threshold)
     if not 0.0 < threshold < 1.0:
         raise SystemExit(f"--threshold must lie strictly between 0 and 1, not {threshold}")
@@ -390,14 +407,13 @@ def compare_at(
     for name, (label, cfg) in c.runs.items():
         out = cfg.run_dir / f"{name}@{threshold:g}.onnx"
         progress(f"export {name} at threshold {threshold:g} -> {out}")
-        ckpt = cfg.run_dir / f"{cfg.export.checkpoint}.pt"
-        cached_export(cfg, ckpt, c.exporter(name, cfg), threshold, out)
+        c.export(name, cfg, threshold, out)
         progress(f"final check of {name} at threshold {threshold:g}")
-        rows.append(checked_row(label, out, data_root, c.split_dir))
+        rows.append(checked_row(label, out, data_root, split_dir))
     ref_note = ""
-    if c.reference is not None:
-        progress(f"final check of the reference {c.reference}")
-        rows.append(checked_row(reference_label(c.reference), c.reference, data_root, c.split_dir))
+    if reference is not None:
+        progress(f"final check of the reference {reference}")
+        rows.append(checked_row(reference_label(reference), reference, data_root, split_dir))
         own = rows[-1]["threshold"]
         ref_note = (
             " (the reference's own)"
@@ -416,9 +432,21 @@ def compare_at(
             results_table(rows, COMMON_COLUMNS),
         ]
     )
-    write_section(c.page, c.key, text)
+    page = config_mod.resolve(c.doc)
+    json_path = config_mod.resolve(c.base.train.runs_dir) / "common_threshold.json"
+    write_section(page, c.key, text)
     out = {"generated": stamp, "threshold": threshold, "rows": rows}
-    c.json_path.parent.mkdir(parents=True, exist_ok=True)
-    c.json_path.write_text(json.dumps(out, indent=2, default=str))
-    progress(f"wrote {c.page} and {c.json_path}")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(out, indent=2, default=str))
+    progress(f"wrote {page} and {json_path}")
     return out
+
+
+def add_threshold_argument(parser) -> None:
+    """The ``--threshold`` option of an experiment's ``compare`` command."""
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="compare: the common threshold (default: the reference model's)",
+    )

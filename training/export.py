@@ -179,7 +179,7 @@ def export(
             raise ValueError(
                 f"export.checkpoint must be 'best' or 'last', not {cfg.export.checkpoint!r}"
             )
-        checkpoint = cfg.run_dir / f"{cfg.export.checkpoint}.pt"
+        checkpoint = cfg.checkpoint
     out = out or config_mod.resolve(cfg.export.out)
     model, ckpt = load(checkpoint)
     threshold = cfg.export.threshold
